@@ -1,0 +1,3 @@
+"""hvd_dqn: Deep Q-Networks trained data-parallel across processes with Horovod."""
+
+__version__ = "0.1.0"

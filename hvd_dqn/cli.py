@@ -1,0 +1,190 @@
+"""`hvd-dqn`: the only place that reads argv. Parses, sets up, calls the work.
+
+    hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
+    hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E]
+    hvd-dqn doctor
+
+Start `train` under a launcher for data parallelism: `horovodrun -np 2 hvd-dqn train`,
+`mpirun -np 2 hvd-dqn train`, or `srun --mpi=pmix hvd-dqn train`.
+Errors are one line on stderr (from rank 0 only) and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from hvd_dqn import __version__
+from hvd_dqn.config import PRESETS, ConfigError, load
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _launcher_rank() -> int:
+    """This process's rank as the launcher set it (before Horovod starts), 0 if none."""
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK",
+                 "SLURM_PROCID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    if _launcher_rank() == 0:
+        print(f"hvd-dqn: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hvd-dqn", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"hvd-dqn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a DQN agent (data-parallel under a launcher)")
+    train.add_argument("--config", default="cartpole",
+                       help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default cartpole)")
+    train.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    train.add_argument("--env", help="env.id: a gymnasium id")
+    train.add_argument("--seed", type=int, help="run.seed")
+    train.add_argument("--total-steps", type=int, help="run.total_steps (all ranks together)")
+    train.add_argument("--run-dir", help="run.run_dir")
+    train.add_argument("--expect-world-size", type=int, metavar="N",
+                       help="fail unless Horovod's world has N processes")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="evaluate an exported policy or a run directory")
+    ev.add_argument("target", help="a run directory or its model/ directory")
+    ev.add_argument("--episodes", type=int, default=20)
+    ev.add_argument("--env", help="evaluate on another gymnasium id")
+    ev.add_argument("--eps", type=float, default=0.0, help="evaluation epsilon (default 0)")
+
+    doctor = sub.add_parser("doctor", help="check the TensorFlow/Horovod/MPI stack")
+    doctor.add_argument("--expect-world-size", type=int, metavar="N")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            if args.episodes < 1:
+                return _fail(f"--episodes {args.episodes}: must be >= 1", EXIT_USAGE)
+            if not 0.0 <= args.eps <= 1.0:
+                return _fail(f"--eps {args.eps}: must be in [0, 1]", EXIT_USAGE)
+            from hvd_dqn.evaluate import evaluate_command
+
+            return evaluate_command(args.target, args.episodes, args.env, args.eps)
+        if args.command == "doctor":
+            return doctor(args.expect_world_size)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (FileExistsError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    return EXIT_USAGE
+
+
+def _train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    flags = {"env.id": args.env, "run.seed": args.seed, "run.total_steps": args.total_steps,
+             "run.run_dir": args.run_dir}
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.no_progress:
+        overrides.append("run.progress=false")
+    cfg = load(args.config, overrides)  # validated before TensorFlow or Horovod load
+
+    from hvd_dqn import distributed
+    from hvd_dqn.train import TrainingError, train
+
+    try:
+        world = distributed.init(expect_size=args.expect_world_size)
+    except distributed.WorldError as exc:
+        return _fail(str(exc))
+    try:
+        train(cfg, world)
+    except (distributed.WorldError, TrainingError, ConfigError, FileExistsError) as exc:
+        # Every rank raises; rank 0 speaks for all.
+        if world.is_chief:
+            print(f"hvd-dqn: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def doctor(expect_world_size: int | None = None) -> int:
+    """Print the stack and the world; non-zero with one line if Horovod cannot train."""
+    import tensorflow as tf
+
+    lines = [("python", platform.python_version()), ("tensorflow", tf.__version__)]
+    try:
+        import keras
+
+        lines.append(("keras", keras.__version__))
+    except ImportError:
+        pass
+    try:
+        from hvd_dqn import distributed
+    except Exception as exc:  # HorovodVersionMismatchError, missing TF extension, ...
+        name = type(exc).__name__
+        if "Mismatch" in name:
+            return _fail(f"Horovod was built against another TensorFlow than {tf.__version__}: "
+                         f"rebuild it (bash docker/install.sh)")
+        return _fail(f"Horovod has no TensorFlow support ({name}: {exc}); "
+                     f"rebuild it (bash docker/install.sh)")
+    info = distributed.build_info()
+    lines += [
+        ("horovod", f"{info['horovod']} (built against TensorFlow {tf.__version__})"),
+        ("mpi", _mpi_version()),
+        ("frameworks", ", ".join(info["frameworks"])),
+        ("controllers", ", ".join(info["controllers"]) or "none"),
+        ("tensor ops", ", ".join(info["tensor_operations"]) or "none"),
+        ("cuda build", "yes" if info["cuda"] else "no"),
+    ]
+    gpus = tf.config.list_physical_devices("GPU")
+    lines.append(("gpus", ", ".join(g.name for g in gpus) if gpus else "none visible"))
+    if "MPI" not in info["controllers"]:
+        return _fail("Horovod was built without MPI support: rebuild with HOROVOD_WITH_MPI=1 "
+                     "(bash docker/install.sh)")
+    try:
+        world = distributed.init(expect_size=expect_world_size)
+    except distributed.WorldError as exc:
+        return _fail(str(exc))
+    ranks = distributed.allgather_object(distributed.describe_rank(world))
+    if world.is_chief:
+        lines.append(("world", f"size {world.size}, controller {world.controller}"))
+        for line in lines:
+            print(f"{line[0]:<12} {line[1]}")
+        for r in ranks:
+            print(f"  rank {r['rank']} of {r['size']}: host {r['host']}, local rank "
+                  f"{r['local_rank']}, device {r['device']}, pid {r['pid']}")
+        print("ok: TensorFlow, MPI and Gloo" if "Gloo" in info["controllers"]
+              else "ok: TensorFlow and MPI (no Gloo)")
+    distributed.shutdown()
+    return 0
+
+
+def _mpi_version() -> str:
+    try:
+        from mpi4py import MPI
+
+        version = MPI.Get_library_version().splitlines()[0].split(",")[0]
+    except Exception:  # mpi4py missing or broken: fall back to mpirun
+        version = "mpi4py unavailable"
+        if shutil.which("mpirun"):
+            out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True)
+            version = out.stdout.splitlines()[0] if out.stdout else version
+    return version
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""The run's configuration: frozen dataclasses, one doc line under every field.
+
+A config is built once (preset or YAML file, then `--set section.field=value`
+overrides), validated once, and never mutated. Values derived from it (per-rank step
+counts, the scaled learning rate) come from pure functions below.
+
+    cfg = load("cartpole", overrides=["learner.lr=5e-4", "run.seed=3"])
+
+No TensorFlow here: the config is read and checked before any heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value, key or file is wrong; the message is one line naming it."""
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None,
+       choices: tuple[Any, ...] | None = None, lo_open: bool = False) -> Any:
+    """A field with its allowed range (checked by `validate`)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open}
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str = "CartPole-v1"
+    """Gymnasium id: any env with a Box observation and Discrete actions; ALE/* and MinAtar/* too."""
+    num_envs: int = _f(8, lo=1, hi=4096)
+    """Environments per rank, stepped together as one vector env."""
+    max_episode_steps: int = _f(0, lo=0)
+    """Time limit in env steps (0: the env's own); a time-limited episode bootstraps."""
+    clip_rewards: bool = False
+    """Learn from sign(reward) (returns are still reported raw)."""
+    episodic_life: bool = False
+    """Atari: a lost life ends the episode for learning, not for reporting or resets."""
+    sticky_actions: float = _f(0.25, lo=0.0, hi=1.0)
+    """Atari: probability the previous action repeats (ALE v5 default 0.25)."""
+    noop_max: int = _f(30, lo=0)
+    """Atari: up to this many no-op actions after each reset."""
+    frame_skip: int = _f(4, lo=1)
+    """Atari: frames per action, max-pooled over the last two."""
+    frame_stack: int = _f(4, lo=1, hi=16)
+    """Atari: frames stacked into one observation."""
+    screen_size: int = _f(84, lo=16, hi=256)
+    """Atari: observations are resized to screen_size x screen_size grayscale."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    capacity: int = _f(100_000, lo=1)
+    """Transitions held per rank (a ring: the oldest are overwritten)."""
+    prioritized: bool = False
+    """Prioritized replay (Schaul et al. 2016, proportional) instead of uniform."""
+    alpha: float = _f(0.6, lo=0.0, hi=1.0)
+    """Prioritized: sampling probability is proportional to priority**alpha."""
+    beta_start: float = _f(0.4, lo=0.0, hi=1.0)
+    """Prioritized: importance-weight exponent at the first update..."""
+    beta_end: float = _f(1.0, lo=0.0, hi=1.0)
+    """...annealed linearly to this at the last env step."""
+    priority_eps: float = _f(1e-6, lo=0.0, lo_open=True)
+    """Prioritized: added to |TD error| so no transition has priority 0."""
+    n_step: int = _f(1, lo=1, hi=20)
+    """Returns over n steps: r_t + g r_t+1 + ... + g^n max_a Q(s_t+n, a)."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    torso: str = _f("auto", choices=("auto", "mlp", "minatar", "nature"))
+    """auto: mlp for vectors, minatar for 10x10xC, nature for stacked Atari frames."""
+    hidden: tuple[int, ...] = (256, 256)
+    """MLP layer widths; for CNN torsos only the last is used (the head width)."""
+    dueling: bool = True
+    """Dueling head (Wang et al. 2016): Q = V + A - mean(A)."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    gamma: float = _f(0.99, lo=0.0, hi=1.0)
+    """Discount factor."""
+    lr: float = _f(1e-3, lo=0.0, lo_open=True)
+    """Adam learning rate at one rank (see lr_scaling)."""
+    lr_scaling: str = _f("none", choices=("none", "linear", "sqrt"))
+    """Learning rate at p ranks: lr (none), lr*p (linear), lr*sqrt(p) (sqrt)."""
+    adam_eps: float = _f(1e-8, lo=0.0, lo_open=True)
+    """Adam epsilon (Atari DQN commonly uses 1.5e-4)."""
+    batch_size: int = _f(64, lo=1)
+    """Transitions per update per rank; the global batch is batch_size * ranks."""
+    max_grad_norm: float = _f(10.0, lo=0.0)
+    """Clip the averaged gradient to this global norm (0: off)."""
+    huber_delta: float = _f(1.0, lo=0.0, lo_open=True)
+    """Huber loss threshold between its quadratic and linear parts."""
+    double_dqn: bool = True
+    """Double DQN targets (van Hasselt et al. 2016): online net picks, target net rates."""
+    target_update_period: int = _f(500, lo=1)
+    """Updates between target-network syncs."""
+    tau: float = _f(1.0, lo=0.0, hi=1.0, lo_open=True)
+    """At each sync: target = tau * online + (1 - tau) * target (1.0: hard copy)."""
+    learning_starts: int = _f(1_000, lo=0)
+    """Env steps (all ranks) before the first update."""
+    replay_ratio: float = _f(0.25, lo=0.0, lo_open=True)
+    """Updates per env step on each rank (0.25: one update every 4 steps)."""
+    updates_per_call: int = _f(1, lo=1, hi=64)
+    """Updates fused into one compiled call (fewer Python round trips)."""
+    fp16_allreduce: bool = False
+    """Send gradients as float16 in the allreduce (half the bytes)."""
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    eps_start: float = _f(1.0, lo=0.0, hi=1.0)
+    """Epsilon-greedy epsilon at step 0..."""
+    eps_end: float = _f(0.05, lo=0.0, hi=1.0)
+    """...decayed linearly to this..."""
+    eps_decay_steps: int = _f(10_000, lo=1)
+    """...over this many env steps (all ranks), then held."""
+    eval_eps: float = _f(0.0, lo=0.0, hi=1.0)
+    """Epsilon during evaluation (0: greedy)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = _f(0, lo=0)
+    """Seeds the network (same on all ranks) and the envs and replay (different per rank)."""
+    total_steps: int = _f(100_000, lo=1)
+    """Env steps to train for, summed over all ranks."""
+    run_dir: str = ""
+    """Where outputs go ("": runs/<env>-seed<seed>)."""
+    log_every: int = _f(5_000, lo=1)
+    """Env steps (all ranks) between metric lines."""
+    eval_every: int = _f(0, lo=0)
+    """Env steps (all ranks) between evaluations during training (0: only at the end)."""
+    eval_episodes: int = _f(10, lo=1)
+    """Episodes per evaluation, split across ranks."""
+    stop_at_return: float | None = None
+    """Stop as soon as an evaluation's mean return reaches this (None: never)."""
+    checkpoint_every: int = _f(0, lo=0)
+    """Env steps (all ranks) between checkpoints (0: only at the end)."""
+    progress: bool = True
+    """A progress bar on rank 0."""
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The environment each rank runs."""
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """Each rank's replay buffer."""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    """The Q-network."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The update rule."""
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    """Epsilon-greedy acting."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Length, seeds, outputs."""
+
+
+PRESETS = ("cartpole", "minatar", "atari")
+
+# ---------------------------------------------------------------------------------------
+# Building a config from a preset or file plus overrides
+# ---------------------------------------------------------------------------------------
+
+
+def _sections() -> dict[str, type]:
+    """{section name: its dataclass}."""
+    hints = get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(path: str, hint: Any, value: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type, or raise ConfigError."""
+    origin = getattr(hint, "__origin__", None)
+    args = getattr(hint, "__args__", ())
+    if isinstance(hint, types.UnionType) or origin is not None and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = getattr(hint, "__origin__", None)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value) if isinstance(value, str) else value
+            if not isinstance(number, (int, float)) or number != int(number):
+                raise ValueError
+            return int(number)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(int(str(v).strip()) for v in items if str(v).strip())
+    except (TypeError, ValueError):
+        pass
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config field {path}={value!r}: expected {name}")
+
+
+def _merge(base: dict[str, dict[str, Any]], updates: Mapping[str, Any], origin: str) -> None:
+    """Merge a {section: {field: value}} mapping into `base`, rejecting unknown keys."""
+    sections = _sections()
+    if not isinstance(updates, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(updates).__name__}")
+    for section, values in updates.items():
+        if section not in sections:
+            raise ConfigError(f"{origin}: unknown config section {section!r} "
+                              f"(known: {', '.join(sections)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: section {section} must be a mapping")
+        hints = get_type_hints(sections[section])
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{origin}: unknown config field {section}.{key} "
+                                  f"(known: {', '.join(hints)})")
+            base[section][key] = _coerce(f"{section}.{key}", hints[key], value)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}:{where} is not valid YAML") from None
+
+
+def load(source: str = "cartpole", overrides: Iterable[str] = ()) -> Config:
+    """A validated Config from a preset name or a YAML file, then `section.field=value`s.
+
+    A YAML file may start from a preset with a top-level `preset: NAME` key.
+    """
+    base: dict[str, dict[str, Any]] = {
+        name: {} for name in _sections()
+    }
+    if source in PRESETS:
+        text = resources.files("hvd_dqn").joinpath(f"presets/{source}.yaml").read_text()
+        _merge(base, yaml.safe_load(text) or {}, f"preset {source}")
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"--config {source}: neither a preset ({', '.join(PRESETS)}) "
+                              f"nor an existing file")
+        data = _read_yaml(path)
+        if isinstance(data, dict) and "preset" in data:
+            parent = data.pop("preset")
+            if parent not in PRESETS:
+                raise ConfigError(f"config file {path}: preset {parent!r} is not one of "
+                                  f"{', '.join(PRESETS)}")
+            text = resources.files("hvd_dqn").joinpath(f"presets/{parent}.yaml").read_text()
+            _merge(base, yaml.safe_load(text) or {}, f"preset {parent}")
+        _merge(base, data, f"config file {path}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        _merge(base, {section: {name: yaml.safe_load(raw) if raw.strip() else raw}},
+               f"--set {item}")
+    sections = _sections()
+    cfg = Config(**{name: sections[name](**values) for name, values in base.items()})
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+def _check_field(path: str, value: Any, meta: Mapping[str, Any]) -> None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config field {path}={value!r}: must be one of {', '.join(choices)}")
+    if value is None or isinstance(value, (str, bool, tuple)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config field {path}={value!r}: must be a finite number")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        bound = f"{op} {lo}" if hi is None else f"in {'(' if op == '>' else '['}{lo}, {hi}]"
+        raise ConfigError(f"config field {path}={value!r}: must be {bound}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config field {path}={value!r}: must be in [{lo}, {hi}]")
+
+
+def validate(cfg: Config) -> None:
+    """Check every field's range and the rules that tie fields together."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            _check_field(f"{section.name}.{f.name}", getattr(sub, f.name), f.metadata)
+    if not cfg.network.hidden or any(h < 1 for h in cfg.network.hidden):
+        raise ConfigError(f"config field network.hidden={cfg.network.hidden!r}: "
+                          f"must be one or more positive widths")
+    if cfg.exploration.eps_end > cfg.exploration.eps_start:
+        raise ConfigError(f"config field exploration.eps_end={cfg.exploration.eps_end}: "
+                          f"must be <= exploration.eps_start={cfg.exploration.eps_start}")
+    lane = cfg.replay.capacity // cfg.env.num_envs
+    need = cfg.replay.n_step + cfg.env.frame_stack + 2
+    if lane < need:
+        raise ConfigError(f"config field replay.capacity={cfg.replay.capacity}: must hold at "
+                          f"least {need} steps per env ({need * cfg.env.num_envs} with "
+                          f"env.num_envs={cfg.env.num_envs})")
+    if cfg.run.stop_at_return is not None and not math.isfinite(cfg.run.stop_at_return):
+        raise ConfigError(f"config field run.stop_at_return={cfg.run.stop_at_return}: "
+                          f"must be a finite number")
+
+
+# ---------------------------------------------------------------------------------------
+# Derived values (pure)
+# ---------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), for YAML/JSON."""
+    out = dataclasses.asdict(cfg)
+    for values in out.values():
+        for k, v in values.items():
+            if isinstance(v, tuple):
+                values[k] = list(v)
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML; `load(path)` of it gives the same config back."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def run_dir(cfg: Config) -> Path:
+    """The run directory: run.run_dir, or runs/<env>-seed<seed>."""
+    if cfg.run.run_dir:
+        return Path(cfg.run.run_dir)
+    return Path("runs") / f"{cfg.env.id.replace('/', '_')}-seed{cfg.run.seed}"
+
+
+def scaled_lr(cfg: LearnerConfig, world_size: int) -> float:
+    """lr at p ranks: lr, lr * p or lr * sqrt(p), by lr_scaling.
+
+    The per-rank batch is fixed, so the global batch is batch_size * p; the linear rule
+    keeps the step per sample constant (Goyal et al. 2017), the sqrt rule keeps the
+    gradient noise scale (Krizhevsky 2014); Stooke & Abbeel (2018) scaled DQN this way.
+    """
+    factor = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
+    return cfg.lr * factor[cfg.lr_scaling]
+
+
+def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    """A new validated Config with some fields replaced (the old one is untouched)."""
+    replaced = {name: dataclasses.replace(getattr(cfg, name), **values)
+                for name, values in sections.items()}
+    new = dataclasses.replace(cfg, **replaced)
+    validate(new)
+    return new

@@ -1,0 +1,347 @@
+"""The Horovod layer: the only module of hvd_dqn that imports Horovod.
+
+Every rank runs the same program on its own data. This module makes those programs one
+job: it starts Horovod, pins each rank to its device and its share of the CPU, checks
+that the world is the one the launcher started, averages gradients with ring-allreduce,
+broadcasts state from rank 0, averages metrics, and takes collective yes/no votes.
+
+Remove the Horovod calls (a world of one) and the rest of hvd_dqn is plain
+single-process DQN: `init()` without a launcher gives exactly that.
+
+Host-side checks that are not tensors (the config every rank resolved, a rank's error
+message) go through mpi4py when the controller is MPI, and through Horovod's object
+collectives under Gloo, where there is no MPI world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import horovod.tensorflow as hvd
+import numpy as np
+import tensorflow as tf
+
+T = TypeVar("T")
+
+# The launcher variables that say how many processes were started, in the order they
+# are trusted. SLURM's count applies only inside an srun step: in the batch script
+# itself SLURM_NTASKS is the allocation, not the number of processes running.
+_SIZE_VARIABLES = (
+    ("HOROVOD_SIZE", "horovodrun (Gloo)"),
+    ("OMPI_COMM_WORLD_SIZE", "mpirun/horovodrun (Open MPI)"),
+    ("PMIX_SIZE", "a PMIx launcher"),
+    ("PMI_SIZE", "a PMI launcher (srun --mpi=pmi2, MPICH)"),
+    ("SLURM_STEP_NUM_TASKS", "srun"),
+)
+
+
+class WorldError(RuntimeError):
+    """The processes do not form the world they should (size, devices, config)."""
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process sits in the job."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    controller: str  # "mpi", "gloo" or "none" (a world of one without a launcher)
+    device: str  # "/GPU:0" or "/CPU:0": the device this rank's tensors live on
+
+    @property
+    def is_chief(self) -> bool:
+        """Rank 0 writes files, logs and checkpoints; the others stay silent."""
+        return self.rank == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Pure decisions (no world needed; unit-tested directly)
+# ---------------------------------------------------------------------------------------
+
+
+def expected_world_size(
+    environ: Mapping[str, str], flag: int | None = None
+) -> tuple[int, str] | None:
+    """How many processes the launcher started, and which launcher said so.
+
+    `flag` (--expect-world-size) wins; then the launcher variables in `_SIZE_VARIABLES`.
+    None when nothing says (a plain `python` start: a world of one is expected).
+    """
+    if flag is not None:
+        return flag, "--expect-world-size"
+    for name, launcher in _SIZE_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value), f"{launcher} ({name}={value})"
+    return None
+
+
+def choose_gpu(num_visible: int, local_rank: int) -> int | None:
+    """The index of the GPU this rank uses among the visible ones, or None for CPU.
+
+    One visible GPU: use it (the launcher or CUDA_VISIBLE_DEVICES already gave each
+    rank its own). Several: the one at `local_rank`, which must exist.
+    """
+    if num_visible == 0:
+        return None
+    if num_visible == 1:
+        return 0
+    if local_rank >= num_visible:
+        raise WorldError(
+            f"local rank {local_rank} has no GPU: {num_visible} are visible on "
+            f"{socket.gethostname()}; start at most {num_visible} ranks per host"
+        )
+    return local_rank
+
+
+def cpu_threads_per_rank(num_cpus: int, local_size: int) -> int:
+    """TensorFlow intra-op threads for one rank: the host's cores shared by its ranks.
+
+    Two ranks with default threads on 2 cores ran 3x slower than with one thread each
+    (docs: ../shared/notes/stack.md), so the cores are divided, never oversubscribed.
+    """
+    return max(1, num_cpus // max(1, local_size))
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (respects cpusets from SLURM, taskset, containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def config_digest(text: str) -> str:
+    """A short hash of a resolved config, compared across ranks."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# Starting the world
+# ---------------------------------------------------------------------------------------
+
+_comm: Any = None  # the mpi4py communicator Horovod runs on, under the MPI controller
+
+
+def init(comm: Any = None, expect_size: int | None = None, threads: int | None = None) -> World:
+    """Start Horovod, pin this rank's device and threads, and check the world's size.
+
+    comm: an mpi4py communicator to run Horovod on (default: COMM_WORLD under MPI).
+    expect_size: the number of processes the user says were started.
+    threads: intra-op threads per rank (default: this host's cores / its ranks).
+    Must run before TensorFlow creates any tensor (device and thread settings are fixed
+    at TensorFlow's first use).
+    """
+    global _comm
+    # Horovod: start the background thread that coordinates collectives. With an mpi4py
+    # communicator, Horovod's world is that communicator (e.g. a split of COMM_WORLD).
+    hvd.init(comm=comm)
+    if hvd.mpi_enabled():
+        controller = "mpi"
+        from mpi4py import MPI
+
+        _comm = comm if comm is not None else MPI.COMM_WORLD
+    elif hvd.gloo_enabled():
+        controller = "gloo"
+    else:  # pragma: no cover - a Horovod built with neither cannot start
+        controller = "none"
+    if hvd.size() == 1 and expected_world_size(os.environ) is None:
+        controller = "none"
+
+    # Horovod: one device per rank. Each rank sees only its GPU, with memory growth so
+    # it takes what it needs rather than the whole card.
+    gpus = tf.config.list_physical_devices("GPU")
+    index = choose_gpu(len(gpus), hvd.local_rank())
+    if index is not None:
+        tf.config.set_visible_devices(gpus[index], "GPU")
+        tf.config.experimental.set_memory_growth(gpus[index], True)
+    # Horovod: ranks on one host share its cores; give each its share of threads.
+    n = threads or cpu_threads_per_rank(usable_cpus(), hvd.local_size())
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+
+    world = World(
+        rank=hvd.rank(),
+        size=hvd.size(),
+        local_rank=hvd.local_rank(),
+        local_size=hvd.local_size(),
+        controller=controller,
+        device="/GPU:0" if index is not None else "/CPU:0",
+    )
+    expected = expected_world_size(os.environ, expect_size)
+    if expected is not None and expected[0] != world.size:
+        # N processes that each think they are alone would train N separate copies.
+        raise WorldError(
+            f"{expected[1]} started {expected[0]} processes but Horovod sees a world of "
+            f"{world.size}: Horovod and the launcher do not share an MPI/Gloo world "
+            f"(check `hvd-dqn doctor`: was Horovod built with MPI for this launcher?)"
+        )
+    return world
+
+
+def shutdown() -> None:
+    """Horovod: stop the background thread (idempotent)."""
+    if hvd.is_initialized():
+        hvd.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# Tensor collectives (usable inside tf.function)
+# ---------------------------------------------------------------------------------------
+
+
+def average_gradients(grads: Sequence[tf.Tensor], fp16: bool = False) -> list[tf.Tensor]:
+    """The mean of each gradient over all ranks, g = (1/p) sum_r g_r.
+
+    Horovod: one grouped ring-allreduce for the whole list, so all tensors go out in a
+    single fused buffer and a single coordination round. fp16 halves the bytes on the
+    wire (values are cast back to their dtype after the sum).
+    """
+    if hvd.size() == 1:
+        return list(grads)
+    compression = hvd.Compression.fp16 if fp16 else hvd.Compression.none
+    return list(hvd.grouped_allreduce(list(grads), op=hvd.Average, compression=compression))
+
+
+def broadcast_variables(variables: Sequence[tf.Variable], root_rank: int = 0) -> None:
+    """Give every rank rank 0's values of `variables` (weights and optimizer state).
+
+    Horovod: broadcast each value eagerly and assign it. This works for plain
+    tf.Variables on Keras 2 and Keras 3 alike (hvd.broadcast_variables breaks on Keras 3
+    variables, horovod#4290), and it is never traced into a tf.function.
+    """
+    if hvd.size() == 1:
+        return
+    for i, v in enumerate(variables):
+        v.assign(hvd.broadcast(tf.convert_to_tensor(v), root_rank, name=f"bcast_{i}"))
+
+
+def allgather(value: np.ndarray) -> np.ndarray:
+    """Concatenate each rank's array along axis 0 (all ranks get the result)."""
+    if hvd.size() == 1:
+        return np.asarray(value)
+    # Horovod: allgather; rank r's rows land at its position in rank order.
+    return np.asarray(hvd.allgather(tf.convert_to_tensor(value)))
+
+
+def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """Each scalar averaged over ranks (one allreduce for the whole dict).
+
+    A NaN on one rank stays NaN in the mean, which is what a NaN check wants.
+    """
+    keys = sorted(values)
+    vec = np.array([values[k] for k in keys], dtype=np.float64)
+    if hvd.size() > 1:
+        # Horovod: allreduce-average of the packed vector.
+        vec = hvd.allreduce(tf.constant(vec), op=hvd.Average).numpy()
+    return dict(zip(keys, vec.tolist(), strict=True))
+
+
+def any_rank(flag: bool) -> bool:
+    """A collective vote: True on every rank if it is True on at least one.
+
+    Used for every decision that ends or changes the run (stop, NaN, checkpoint,
+    preemption), so all ranks take the same branch and keep making the same collective
+    calls in the same order.
+    """
+    if hvd.size() == 1:
+        return flag
+    # Horovod: allreduce-max of 0/1.
+    return bool(hvd.allreduce(tf.constant([int(flag)], tf.int32), op=hvd.Max).numpy()[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Host-side (non-tensor) collectives: mpi4py under MPI, Horovod objects under Gloo
+# ---------------------------------------------------------------------------------------
+
+
+def allgather_object(obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if hvd.size() == 1:
+        return [obj]
+    if _comm is not None:
+        return list(_comm.allgather(obj))  # mpi4py: pickled allgather on Horovod's comm
+    return list(hvd.allgather_object(obj))  # Horovod (Gloo): pickled allgather
+
+
+def check_same(what: str, value: str) -> None:
+    """Raise WorldError on every rank unless all ranks hold the same `value`."""
+    values = allgather_object(value)
+    if len(set(values)) > 1:
+        differing = [r for r, v in enumerate(values) if v != values[0]]
+        raise WorldError(f"ranks {differing} resolved a different {what} from rank 0")
+
+
+def run_collectively(fn: Callable[[], T], what: str) -> T:
+    """Run `fn` on every rank; if it fails on any rank, fail on all, naming the ranks.
+
+    Without this, a rank that dies while the others wait in a collective leaves them
+    hanging. Here every rank reaches the same gather, and rank 0 prints each failed
+    rank's number and error.
+    """
+    result: T | None = None
+    error = None
+    try:
+        result = fn()
+    except Exception as exc:  # reported below, on every rank
+        error = f"{type(exc).__name__}: {exc}"
+        if os.environ.get("HVD_DQN_DEBUG"):
+            traceback.print_exc()
+    errors = allgather_object(error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        lines = "; ".join(f"rank {r}: {e}" for r, e in failed)
+        raise WorldError(f"{what} failed on {len(failed)} of {len(errors)} ranks: {lines}")
+    return result  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# What Horovod was built with (for `hvd-dqn doctor`)
+# ---------------------------------------------------------------------------------------
+
+
+def build_info() -> dict[str, Any]:
+    """Frameworks, controllers and tensor operations this Horovod was compiled with."""
+    import horovod
+
+    operations = [
+        name
+        for name, built in (
+            ("NCCL", hvd.nccl_built()),
+            ("DDL", hvd.ddl_built()),
+            ("CCL", hvd.ccl_built()),
+            ("MPI", hvd.mpi_built()),
+            ("Gloo", hvd.gloo_built()),
+        )
+        if built
+    ]
+    return {
+        "horovod": horovod.__version__,
+        "frameworks": ["TensorFlow"],  # this module imported horovod.tensorflow
+        "controllers": [n for n, b in (("MPI", hvd.mpi_built()), ("Gloo", hvd.gloo_built())) if b],
+        "tensor_operations": operations,
+        "cuda": bool(hvd.cuda_built()),
+    }
+
+
+def describe_rank(world: World) -> dict[str, Any]:
+    """One line of facts about this rank, gathered by `doctor`."""
+    return {
+        "rank": world.rank,
+        "size": world.size,
+        "local_rank": world.local_rank,
+        "host": socket.gethostname(),
+        "device": world.device,
+        "controller": world.controller,
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+    }

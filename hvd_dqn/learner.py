@@ -1,0 +1,156 @@
+"""The learner: online and target Q-networks, Adam, and the compiled update.
+
+The compiled `_update` only does math and the gradient allreduce it is handed; the
+plain-Python `update()` feeds it numpy batches and returns numbers. Several updates may
+be fused into one compiled call (`updates_per_call`): one Python round trip for K
+updates, each with its own batch, allreduce, optimizer step and target-sync check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from hvd_dqn.config import LearnerConfig, NetworkConfig, scaled_lr
+from hvd_dqn.dqn import double_q_target, huber, polyak
+from hvd_dqn.networks import QNetwork
+from hvd_dqn.replay import Batch
+
+GradientReducer = Callable[[Sequence[tf.Tensor]], list[tf.Tensor]]
+
+
+def _identity(grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    return list(grads)
+
+
+class Adam(tf.Module):
+    """Adam (Kingma & Ba 2015, Algorithm 1) on plain tf.Variables.
+
+        m <- b1 m + (1 - b1) g          v <- b2 v + (1 - b2) g^2
+        w <- w - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+    Its whole state is tf.Variables (step count, m, v), so Horovod broadcasts it and
+    tf.train.Checkpoint saves it the same way on Keras 2 and Keras 3.
+    """
+
+    def __init__(self, variables: Sequence[tf.Variable], lr: float, eps: float = 1e-8,
+                 beta1: float = 0.9, beta2: float = 0.999) -> None:
+        super().__init__(name="adam")
+        self.lr, self.eps, self.beta1, self.beta2 = lr, eps, beta1, beta2
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in variables]
+
+    @property
+    def state(self) -> list[tf.Variable]:
+        return [self.iterations, *self.m, *self.v]
+
+    def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+        t = tf.cast(self.iterations.assign_add(1), tf.float32)
+        step = self.lr * tf.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
+        for g, w, m, v in zip(grads, variables, self.m, self.v, strict=True):
+            m.assign(self.beta1 * m + (1.0 - self.beta1) * g)
+            v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(g))
+            w.assign_sub(step * m / (tf.sqrt(v) + self.eps))
+
+
+class UpdateInfo(NamedTuple):
+    loss: float  # mean over the fused updates
+    q_mean: float  # mean Q(s, a) of the sampled actions
+    grad_norm: float  # global norm of the averaged gradient, before clipping
+    td_abs: np.ndarray  # [K, B] |TD error| per transition, for priorities
+
+
+class Learner(tf.Module):
+    """Online/target networks, optimizer, update and target sync."""
+
+    def __init__(self, obs_shape: Sequence[int], obs_dtype: tf.DType | np.dtype | type,
+                 num_actions: int, net: NetworkConfig, cfg: LearnerConfig, *, seed: int,
+                 world_size: int = 1, reduce_gradients: GradientReducer = _identity) -> None:
+        super().__init__(name="learner")
+        self.cfg = cfg
+        # Same seed on every rank: identical initial weights before any broadcast.
+        self.online = QNetwork(obs_shape, num_actions, net, seed, name="online")
+        self.target = QNetwork(obs_shape, num_actions, net, seed, name="target")
+        self.lr = scaled_lr(cfg, world_size)
+        self.optimizer = Adam(self.online.weights, self.lr, eps=cfg.adam_eps)
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+        self.reduce_gradients = reduce_gradients
+        obs_spec = tf.TensorSpec([None, *obs_shape], tf.as_dtype(obs_dtype))
+        self.greedy = tf.function(self._greedy, input_signature=[obs_spec])
+        self.q_values = tf.function(self.online.__call__, input_signature=[obs_spec])
+        self._compiled_update = tf.function(self._update)
+        self._compiled_allreduce = tf.function(self._allreduce_only)
+
+    @property
+    def state(self) -> list[tf.Variable]:
+        """Everything that must match across ranks: weights, optimizer, update count."""
+        return [*self.online.weights, *self.target.weights, *self.optimizer.state, self.updates]
+
+    def _greedy(self, obs: tf.Tensor) -> tf.Tensor:
+        return tf.argmax(self.online(obs), axis=1, output_type=tf.int32)  # [B]
+
+    def _one_update(self, obs_tm1: tf.Tensor, a_tm1: tf.Tensor, r_t: tf.Tensor,
+                    discount_t: tf.Tensor, obs_t: tf.Tensor,
+                    weights: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        cfg = self.cfg
+        batch = tf.shape(a_tm1)[0]
+        with tf.GradientTape() as tape:
+            # One forward pass of the online net over s_tm1 and s_t together.
+            q_both = self.online(tf.concat([obs_tm1, obs_t], axis=0))  # [2B, A]
+            q_tm1, q_t_online = q_both[:batch], q_both[batch:]
+            q_t_target = self.target(obs_t)  # [B, A]
+            y = double_q_target(r_t, discount_t, q_t_online, q_t_target, cfg.double_dqn)
+            q_a = tf.gather(q_tm1, a_tm1, axis=1, batch_dims=1)  # [B]
+            td = y - q_a
+            loss = tf.reduce_mean(weights * huber(td, cfg.huber_delta))
+        grads = tape.gradient(loss, self.online.weights)
+        grads = self.reduce_gradients(grads)  # the mean over ranks (identity alone)
+        norm = tf.linalg.global_norm(grads)
+        if cfg.max_grad_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm, use_norm=norm)
+        self.optimizer.apply(grads, self.online.weights)
+        updates = self.updates.assign_add(1)
+        tf.cond(tf.equal(updates % cfg.target_update_period, 0), self._sync_target,
+                lambda: tf.constant(False))
+        return loss, tf.reduce_mean(q_a), norm, tf.abs(td)
+
+    def _sync_target(self) -> tf.Tensor:
+        polyak(self.target.weights, self.online.weights, self.cfg.tau)
+        return tf.constant(True)
+
+    def _update(self, obs_tm1: tf.Tensor, a_tm1: tf.Tensor, r_t: tf.Tensor,
+                discount_t: tf.Tensor, obs_t: tf.Tensor, weights: tf.Tensor) -> tuple:
+        """K fused updates; every input is [K, B, ...] (K is static)."""
+        outs = [self._one_update(obs_tm1[k], a_tm1[k], r_t[k], discount_t[k], obs_t[k],
+                                 weights[k]) for k in range(obs_tm1.shape[0])]
+        loss, q, norm, td = (tf.stack(x) for x in zip(*outs, strict=True))
+        return tf.reduce_mean(loss), tf.reduce_mean(q), tf.reduce_mean(norm), td
+
+    def update(self, batches: Sequence[Batch]) -> UpdateInfo:
+        """Run len(batches) updates in one compiled call."""
+        def stack(i: int) -> np.ndarray:
+            return np.stack([b[i] for b in batches])
+        loss, q, norm, td = self._compiled_update(*(stack(i) for i in range(6)))
+        return UpdateInfo(float(loss), float(q), float(norm), td.numpy())
+
+    def _allreduce_only(self) -> tf.Tensor:
+        grads = self.reduce_gradients([tf.zeros_like(w) for w in self.online.weights])
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    def time_allreduce(self) -> None:
+        """One gradient-sized allreduce and nothing else (collective: every rank calls it)."""
+        self._compiled_allreduce().numpy()
+
+
+class ExportedPolicy(tf.Module):
+    """What `evaluate` loads: the online network and a `q_values` signature, no config."""
+
+    def __init__(self, network: QNetwork, obs_dtype: tf.DType | np.dtype | type) -> None:
+        super().__init__(name="policy")
+        self.network = network
+        spec = tf.TensorSpec([None, *network.obs_shape], tf.as_dtype(obs_dtype), name="obs")
+        self.q_values = tf.function(network.__call__, input_signature=[spec])

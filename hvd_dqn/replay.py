@@ -1,0 +1,236 @@
+"""Each rank's replay: a preallocated numpy ring, uniform or prioritized, with n-step returns.
+
+Layout. The buffer keeps one "lane" per env of the rank's vector env, L = capacity //
+num_envs slots long. Every vector step writes one slot in every lane: the observation
+the action was taken in, the action, the reward that followed and the episode-end
+flags. The next observation is simply the next slot of the same lane, so each
+observation is stored once. With gymnasium's NEXT_STEP autoreset, the step after an
+episode ends hands back the final observation (the action is ignored); it is stored as
+a slot marked `is_final`, from which no transition starts.
+
+Stacked frames (Atari) store only the newest frame of each observation, 84x84 uint8;
+a stack is rebuilt from the k - 1 slots before it, repeating the episode's first frame
+where the episode is younger than k (what gymnasium's FrameStackObservation does at a
+reset). A 1M-transition Atari buffer is 1M x 84 x 84 bytes = 7.06 GB instead of the
+56 GB of storing both stacked observations.
+
+A transition at time t of lane e is sampleable when its n steps and its stack are all
+still in the ring: oldest + k - 1 <= t <= newest - n.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from hvd_dqn.dqn import importance_weights, n_step_returns
+
+
+class Batch(NamedTuple):
+    """A replay sample, shaped [B, ...]."""
+
+    obs_tm1: np.ndarray  # [B, *obs_shape] the state the action was taken in
+    a_tm1: np.ndarray  # [B] int32
+    r_t: np.ndarray  # [B] float32 n-step return G
+    discount_t: np.ndarray  # [B] float32 gamma^m, or 0 after a termination
+    obs_t: np.ndarray  # [B, *obs_shape] the state m steps later
+    weights: np.ndarray  # [B] float32 importance weights (1 for uniform replay)
+    indices: np.ndarray  # [B] int64 leaf index (slot * num_envs + lane), for priorities
+
+
+class SumTree:
+    """A complete binary tree whose internal nodes hold the sum of their children.
+
+    Leaf i holds a priority; `find(u)` returns the leaf where the running sum of
+    priorities first exceeds u, so u ~ Uniform[0, total) picks leaf i with probability
+    p_i / total in O(log n). All operations take arrays (one numpy pass per level).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.capacity = 1 << max(0, (size - 1).bit_length())
+        self.nodes = np.zeros(2 * self.capacity, dtype=np.float64)  # root at 1
+
+    @property
+    def total(self) -> float:
+        return float(self.nodes[1])
+
+    def get(self, leaves: np.ndarray) -> np.ndarray:
+        return self.nodes[self.capacity + np.asarray(leaves)]
+
+    def set(self, leaves: np.ndarray, values: np.ndarray) -> None:
+        node = self.capacity + np.asarray(leaves, dtype=np.int64)
+        self.nodes[node] = values
+        node = np.unique(node // 2)
+        while node[0] >= 1:
+            self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
+            if node[0] == 1:
+                break
+            node = np.unique(node // 2)
+
+    def find(self, targets: np.ndarray) -> np.ndarray:
+        node = np.ones(len(targets), dtype=np.int64)
+        u = np.asarray(targets, dtype=np.float64).copy()
+        while node[0] < self.capacity:
+            left = 2 * node
+            go_right = u >= self.nodes[left]
+            u -= np.where(go_right, self.nodes[left], 0.0)
+            node = left + go_right
+        return node - self.capacity
+
+
+class Replay:
+    """Per-rank replay over `num_envs` lanes; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype | type,
+        *,
+        stack: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        prioritized: bool = False,
+        alpha: float = 0.6,
+        priority_eps: float = 1e-6,
+        seed: int = 0,
+    ) -> None:
+        self.lane = capacity // num_envs
+        if self.lane < n_step + stack + 2:
+            raise ValueError(f"replay capacity {capacity} too small for {num_envs} envs")
+        self.num_envs, self.stack, self.n_step, self.gamma = num_envs, stack, n_step, gamma
+        self.obs_shape = tuple(obs_shape)
+        frame_shape = self.obs_shape[1:] if stack > 1 else self.obs_shape
+        shape = (self.lane, num_envs)
+        self.frames = np.zeros(shape + frame_shape, dtype=obs_dtype)
+        self.actions = np.zeros(shape, dtype=np.int32)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.terminated = np.zeros(shape, dtype=bool)
+        self.truncated = np.zeros(shape, dtype=bool)
+        self.is_final = np.zeros(shape, dtype=bool)
+        self.ep_step = np.zeros(shape, dtype=np.int32)  # steps since the episode's reset obs
+        self.t = 0  # vector steps added so far
+        self._next_ep_step = np.zeros(num_envs, dtype=np.int32)
+        self._prev_ended = np.zeros(num_envs, dtype=bool)
+        self.prioritized, self.alpha, self.priority_eps = prioritized, alpha, priority_eps
+        self.tree = SumTree(self.lane * num_envs) if prioritized else None
+        self.max_priority = 1.0
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.frames, self.actions, self.rewards, self.terminated, self.truncated,
+                  self.is_final, self.ep_step)
+        tree = self.tree.nodes.nbytes if self.tree is not None else 0
+        return sum(a.nbytes for a in arrays) + tree
+
+    def _bounds(self) -> tuple[int, int]:
+        """Oldest and newest sampleable time (inclusive)."""
+        lo = self.t - self.lane + self.stack - 1 if self.t > self.lane else 0
+        return lo, self.t - 1 - self.n_step
+
+    def __len__(self) -> int:
+        """Sampleable transitions (final observations included in the count)."""
+        lo, hi = self._bounds()
+        return max(0, hi - lo + 1) * self.num_envs
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+            terminated: np.ndarray, truncated: np.ndarray) -> None:
+        """Store one vector step: obs [E, ...] the actions [E] were taken in, and the
+        rewards and episode-end flags [E] that env.step returned."""
+        c = self.t
+        s = c % self.lane
+        is_final = self._prev_ended  # obs is an episode's last; the env ignores the action
+        self.frames[s] = obs[:, -1] if self.stack > 1 else obs
+        self.actions[s] = actions
+        self.rewards[s] = rewards
+        self.terminated[s] = terminated
+        self.truncated[s] = truncated
+        self.is_final[s] = is_final
+        self.ep_step[s] = self._next_ep_step
+        self._next_ep_step = np.where(is_final, 0, self._next_ep_step + 1).astype(np.int32)
+        self._prev_ended = (terminated | truncated) & ~is_final
+        self.t = c + 1
+        if self.tree is not None:
+            lanes = np.arange(self.num_envs)
+            if c + 1 > self.lane:  # the transition whose stack reached the overwritten slot
+                gone = (c + self.stack - 1) % self.lane
+                self.tree.set(gone * self.num_envs + lanes, np.zeros(self.num_envs))
+            ready = c - self.n_step  # its n steps are all stored now
+            if ready >= 0:
+                r = ready % self.lane
+                p = np.where(self.is_final[r], 0.0, self.max_priority**self.alpha)
+                self.tree.set(r * self.num_envs + lanes, p)
+
+    # -- sampling -------------------------------------------------------------------
+
+    def _stacked(self, times: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+        """Observations at (times, lanes), stacks rebuilt: [B, *obs_shape]."""
+        slots = times % self.lane
+        if self.stack == 1:
+            return self.frames[slots, lanes]
+        age = self.ep_step[slots, lanes]  # [B]
+        out = np.empty((len(times), *self.obs_shape), dtype=self.frames.dtype)
+        for j in range(self.stack):  # j frames back from the newest
+            back = np.minimum(j, age)
+            out[:, self.stack - 1 - j] = self.frames[(times - back) % self.lane, lanes]
+        return out
+
+    def _sample_uniform(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self._bounds()
+        times = np.empty(0, dtype=np.int64)
+        lanes = np.empty(0, dtype=np.int64)
+        while len(times) < batch_size:  # reject final observations (a few % at most)
+            t = self.rng.integers(lo, hi + 1, size=batch_size)
+            e = self.rng.integers(self.num_envs, size=batch_size)
+            keep = ~self.is_final[t % self.lane, e]
+            times, lanes = np.concatenate([times, t[keep]]), np.concatenate([lanes, e[keep]])
+        return times[:batch_size], lanes[:batch_size]
+
+    def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
+        """A batch of n-step transitions (prioritized: with importance weights at beta)."""
+        lo, hi = self._bounds()
+        if hi < lo:
+            raise ValueError("replay holds no complete transition yet")
+        if self.tree is None:
+            times, lanes = self._sample_uniform(batch_size)
+            weights = np.ones(batch_size, dtype=np.float32)
+            leaves = (times % self.lane) * self.num_envs + lanes
+        else:
+            # Stratified: one draw from each of batch_size equal slices of the total.
+            total = self.tree.total
+            u = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+            leaves = self.tree.find(np.minimum(u, np.nextafter(total, 0)))
+            prio = self.tree.get(leaves)
+            if (prio <= 0).any():  # float round-off at a slice edge: take a valid pick
+                leaves = np.where(prio > 0, leaves, leaves[np.argmax(prio)])
+                prio = self.tree.get(leaves)
+            weights = importance_weights(prio / total, len(self), beta)
+            slots, lanes = leaves // self.num_envs, leaves % self.num_envs
+            newest_slot = (self.t - 1) % self.lane
+            # slot -> absolute time: the latest time <= t - 1 stored in that slot
+            times = self.t - 1 - ((newest_slot - slots) % self.lane)
+        steps = times[:, None] + np.arange(self.n_step)  # [B, N]
+        idx = (steps % self.lane, lanes[:, None])
+        g, discount, m = n_step_returns(self.rewards[idx], self.terminated[idx],
+                                        self.truncated[idx], self.gamma)
+        return Batch(
+            obs_tm1=self._stacked(times, lanes),
+            a_tm1=self.actions[times % self.lane, lanes],
+            r_t=g,
+            discount_t=discount,
+            obs_t=self._stacked(times + m, lanes),
+            weights=weights,
+            indices=leaves.astype(np.int64),
+        )
+
+    def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
+        """p_i = |delta_i| + eps, stored as p_i^alpha (Schaul et al. 2016, section 3.3)."""
+        if self.tree is None:
+            return
+        p = np.abs(td_abs).astype(np.float64) + self.priority_eps
+        self.tree.set(indices, p**self.alpha)
+        self.max_priority = max(self.max_priority, float(p.max()))
