@@ -1,0 +1,129 @@
+"""The Horovod layer: pure decisions, then real 2-process worlds under MPI and Gloo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN, WORKERS, horovodrun, hvd_dqn, quiet_env
+
+from hvd_dqn.distributed import WorldError, choose_gpu, cpu_threads_per_rank, expected_world_size
+
+
+# -- pure logic --------------------------------------------------------------------------
+
+
+def test_choose_gpu_single_visible_gpu_is_used_by_any_local_rank() -> None:
+    assert choose_gpu(1, local_rank=0) == 0
+    assert choose_gpu(1, local_rank=3) == 0  # the launcher already gave each rank its own
+
+
+def test_choose_gpu_several_visible_uses_local_rank() -> None:
+    assert choose_gpu(4, local_rank=0) == 0
+    assert choose_gpu(4, local_rank=3) == 3
+
+
+def test_choose_gpu_none_visible_means_cpu() -> None:
+    assert choose_gpu(0, local_rank=5) is None
+
+
+def test_choose_gpu_too_few_gpus_is_a_clear_error() -> None:
+    with pytest.raises(WorldError, match="local rank 2 has no GPU: 2 are visible"):
+        choose_gpu(2, local_rank=2)
+
+
+def test_cpu_threads_divide_the_cores_among_local_ranks() -> None:
+    assert cpu_threads_per_rank(2, 2) == 1
+    assert cpu_threads_per_rank(2, 1) == 2
+    assert cpu_threads_per_rank(64, 8) == 8
+    assert cpu_threads_per_rank(2, 8) == 1  # never zero
+
+
+@pytest.mark.parametrize(
+    ("environ", "flag", "expected"),
+    [
+        ({}, None, None),
+        ({}, 4, 4),
+        ({"OMPI_COMM_WORLD_SIZE": "2"}, None, 2),
+        ({"HOROVOD_SIZE": "3", "OMPI_COMM_WORLD_SIZE": "2"}, None, 3),
+        ({"SLURM_STEP_NUM_TASKS": "8"}, None, 8),
+        ({"PMI_SIZE": "6"}, None, 6),
+        ({"OMPI_COMM_WORLD_SIZE": "2"}, 5, 5),  # the flag wins
+        ({"SLURM_NTASKS": "8"}, None, None),  # the batch script's allocation, not a launch
+        ({"OMPI_COMM_WORLD_SIZE": "x"}, None, None),
+    ],
+)
+def test_expected_world_size_from_launcher_variables(environ, flag, expected) -> None:
+    found = expected_world_size(environ, flag)
+    assert (found[0] if found else None) == expected
+
+
+# -- real worlds -------------------------------------------------------------------------
+
+
+def _results(out: Path) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("gloo", [False, True], ids=["mpi", "gloo"])
+def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bool) -> None:
+    proc = horovodrun([sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "layer"],
+                      gloo=gloo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = _results(tmp_path)
+    assert r0["size"] == r1["size"] == 2
+    assert r0["controller"] == ("gloo" if gloo else "mpi")
+    # The averaged gradient is the mean of the two ranks' gradients, on both ranks.
+    assert r0["averaged"] == pytest.approx(r0["mean_of_ranks"])
+    assert r0["averaged"] == r1["averaged"]
+    assert r0["mean_of_ranks"][-1] == pytest.approx(6.0)  # (1 + 11) / 2
+    # Weights and optimizer state differed, were broadcast, then stayed bit-identical.
+    assert r0["differed_before"] and r1["differed_before"]
+    assert r0["identical_after"] and r1["identical_after"]
+    assert r0["optimizer_iterations"] == 6  # 1 local step (broadcast from rank 0) + 5
+    assert r0["metric_mean"] == pytest.approx(0.5)
+    assert r0["vote_any"] is True and r1["vote_any"] is True
+    assert r0["vote_none"] is False and r1["vote_none"] is False
+    assert r0["check_same"] == r1["check_same"] == "ranks [1] resolved a different config from rank 0"
+    for r in (r0, r1):
+        assert r["collective_error"] == "setup failed on 1 of 2 ranks: rank 1: ValueError: boom"
+
+
+@pytest.mark.distributed
+def test_mismatched_shapes_raise_instead_of_hanging(tmp_path: Path) -> None:
+    proc = horovodrun([sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "mismatch"],
+                      timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in _results(tmp_path):
+        assert r["error"] is not None
+        assert "shape" in r["error"].lower(), r["error"]
+
+
+@pytest.mark.distributed
+def test_doctor_reports_the_stack_and_both_ranks() -> None:
+    proc = horovodrun([str(BIN / "hvd-dqn"), "doctor"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for word in ("tensorflow", "horovod", "TensorFlow", "MPI", "Gloo", "size 2"):
+        assert word in out, out
+    assert "rank 0 of 2" in out and "rank 1 of 2" in out
+
+
+def test_doctor_single_process() -> None:
+    proc = hvd_dqn(["doctor"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "controllers  MPI, Gloo" in proc.stdout
+    assert "rank 0 of 1" in proc.stdout
+
+
+def test_processes_that_each_think_they_are_alone_fail_loudly() -> None:
+    # srun without an MPI plugin starts N singletons: each sees a world of 1.
+    proc = hvd_dqn(["doctor"], env=quiet_env(SLURM_STEP_NUM_TASKS="2"))
+    assert proc.returncode == 1
+    assert "srun (SLURM_STEP_NUM_TASKS=2) started 2 processes but Horovod sees a world of 1" in (
+        proc.stderr)
+    proc = hvd_dqn(["doctor", "--expect-world-size", "4"])
+    assert proc.returncode == 1 and "--expect-world-size started 4" in proc.stderr
