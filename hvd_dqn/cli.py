@@ -28,8 +28,7 @@ EXIT_FAILURE = 1
 
 def _launcher_rank() -> int:
     """This process's rank as the launcher set it (before Horovod starts), 0 if none."""
-    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK",
-                 "SLURM_PROCID"):
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
@@ -48,16 +47,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a DQN agent (data-parallel under a launcher)")
-    train.add_argument("--config", default="cartpole",
-                       help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default cartpole)")
-    train.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    train.add_argument(
+        "--config",
+        default="cartpole",
+        help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default cartpole)",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field (repeatable)",
+    )
     train.add_argument("--env", help="env.id: a gymnasium id")
     train.add_argument("--seed", type=int, help="run.seed")
     train.add_argument("--total-steps", type=int, help="run.total_steps (all ranks together)")
     train.add_argument("--run-dir", help="run.run_dir")
-    train.add_argument("--expect-world-size", type=int, metavar="N",
-                       help="fail unless Horovod's world has N processes")
+    train.add_argument(
+        "--expect-world-size",
+        type=int,
+        metavar="N",
+        help="fail unless Horovod's world has N processes",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("evaluate", help="evaluate an exported policy or a run directory")
@@ -95,8 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    flags = {"env.id": args.env, "run.seed": args.seed, "run.total_steps": args.total_steps,
-             "run.run_dir": args.run_dir}
+    flags = {
+        "env.id": args.env,
+        "run.seed": args.seed,
+        "run.total_steps": args.total_steps,
+        "run.run_dir": args.run_dir,
+    }
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.no_progress:
         overrides.append("run.progress=false")
@@ -137,10 +153,14 @@ def doctor(expect_world_size: int | None = None) -> int:
     except Exception as exc:  # HorovodVersionMismatchError, missing TF extension, ...
         name = type(exc).__name__
         if "Mismatch" in name:
-            return _fail(f"Horovod was built against another TensorFlow than {tf.__version__}: "
-                         f"rebuild it (bash docker/install.sh)")
-        return _fail(f"Horovod has no TensorFlow support ({name}: {exc}); "
-                     f"rebuild it (bash docker/install.sh)")
+            return _fail(
+                f"Horovod was built against another TensorFlow than {tf.__version__}: "
+                f"rebuild it (bash docker/install.sh)"
+            )
+        return _fail(
+            f"Horovod has no TensorFlow support ({name}: {exc}); "
+            f"rebuild it (bash docker/install.sh)"
+        )
     info = distributed.build_info()
     lines += [
         ("horovod", f"{info['horovod']} (built against TensorFlow {tf.__version__})"),
@@ -153,8 +173,10 @@ def doctor(expect_world_size: int | None = None) -> int:
     gpus = tf.config.list_physical_devices("GPU")
     lines.append(("gpus", ", ".join(g.name for g in gpus) if gpus else "none visible"))
     if "MPI" not in info["controllers"]:
-        return _fail("Horovod was built without MPI support: rebuild with HOROVOD_WITH_MPI=1 "
-                     "(bash docker/install.sh)")
+        return _fail(
+            "Horovod was built without MPI support: rebuild with HOROVOD_WITH_MPI=1 "
+            "(bash docker/install.sh)"
+        )
     try:
         world = distributed.init(expect_size=expect_world_size)
     except distributed.WorldError as exc:
@@ -165,10 +187,15 @@ def doctor(expect_world_size: int | None = None) -> int:
         for line in lines:
             print(f"{line[0]:<12} {line[1]}")
         for r in ranks:
-            print(f"  rank {r['rank']} of {r['size']}: host {r['host']}, local rank "
-                  f"{r['local_rank']}, device {r['device']}, pid {r['pid']}")
-        print("ok: TensorFlow, MPI and Gloo" if "Gloo" in info["controllers"]
-              else "ok: TensorFlow and MPI (no Gloo)")
+            print(
+                f"  rank {r['rank']} of {r['size']}: host {r['host']}, local rank "
+                f"{r['local_rank']}, device {r['device']}, pid {r['pid']}"
+            )
+        print(
+            "ok: TensorFlow, MPI and Gloo"
+            if "Gloo" in info["controllers"]
+            else "ok: TensorFlow and MPI (no Gloo)"
+        )
     distributed.shutdown()
     return 0
 

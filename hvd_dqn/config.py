@@ -20,15 +20,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 
 class ConfigError(ValueError):
     """A config value, key or file is wrong; the message is one line naming it."""
 
 
-def _f(default: Any, lo: float | None = None, hi: float | None = None,
-       choices: tuple[Any, ...] | None = None, lo_open: bool = False) -> Any:
+def _f(
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    lo_open: bool = False,
+) -> Any:
     """A field with its allowed range (checked by `validate`)."""
     meta = {"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open}
     if isinstance(default, tuple):
@@ -187,7 +192,7 @@ def _coerce(path: str, hint: Any, value: Any) -> Any:
     """Turn a YAML or command-line value into the field's type, or raise ConfigError."""
     origin = getattr(hint, "__origin__", None)
     args = getattr(hint, "__args__", ())
-    if isinstance(hint, types.UnionType) or origin is not None and type(None) in args:
+    if isinstance(hint, types.UnionType) or (origin is not None and type(None) in args):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         hint = next(a for a in args if a is not type(None))
@@ -230,15 +235,17 @@ def _merge(base: dict[str, dict[str, Any]], updates: Mapping[str, Any], origin: 
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(updates).__name__}")
     for section, values in updates.items():
         if section not in sections:
-            raise ConfigError(f"{origin}: unknown config section {section!r} "
-                              f"(known: {', '.join(sections)})")
+            raise ConfigError(
+                f"{origin}: unknown config section {section!r} (known: {', '.join(sections)})"
+            )
         if not isinstance(values, Mapping):
             raise ConfigError(f"{origin}: section {section} must be a mapping")
         hints = get_type_hints(sections[section])
         for key, value in values.items():
             if key not in hints:
-                raise ConfigError(f"{origin}: unknown config field {section}.{key} "
-                                  f"(known: {', '.join(hints)})")
+                raise ConfigError(
+                    f"{origin}: unknown config field {section}.{key} (known: {', '.join(hints)})"
+                )
             base[section][key] = _coerce(f"{section}.{key}", hints[key], value)
 
 
@@ -258,23 +265,23 @@ def load(source: str = "cartpole", overrides: Iterable[str] = ()) -> Config:
 
     A YAML file may start from a preset with a top-level `preset: NAME` key.
     """
-    base: dict[str, dict[str, Any]] = {
-        name: {} for name in _sections()
-    }
+    base: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
     if source in PRESETS:
         text = resources.files("hvd_dqn").joinpath(f"presets/{source}.yaml").read_text()
         _merge(base, yaml.safe_load(text) or {}, f"preset {source}")
     else:
         path = Path(source)
         if not path.exists():
-            raise ConfigError(f"--config {source}: neither a preset ({', '.join(PRESETS)}) "
-                              f"nor an existing file")
+            raise ConfigError(
+                f"--config {source}: neither a preset ({', '.join(PRESETS)}) nor an existing file"
+            )
         data = _read_yaml(path)
         if isinstance(data, dict) and "preset" in data:
             parent = data.pop("preset")
             if parent not in PRESETS:
-                raise ConfigError(f"config file {path}: preset {parent!r} is not one of "
-                                  f"{', '.join(PRESETS)}")
+                raise ConfigError(
+                    f"config file {path}: preset {parent!r} is not one of {', '.join(PRESETS)}"
+                )
             text = resources.files("hvd_dqn").joinpath(f"presets/{parent}.yaml").read_text()
             _merge(base, yaml.safe_load(text) or {}, f"preset {parent}")
         _merge(base, data, f"config file {path}")
@@ -283,8 +290,9 @@ def load(source: str = "cartpole", overrides: Iterable[str] = ()) -> Config:
         section, dot, name = key.strip().partition(".")
         if not sep or not dot:
             raise ConfigError(f"--set {item!r}: expected section.field=value")
-        _merge(base, {section: {name: yaml.safe_load(raw) if raw.strip() else raw}},
-               f"--set {item}")
+        _merge(
+            base, {section: {name: yaml.safe_load(raw) if raw.strip() else raw}}, f"--set {item}"
+        )
     sections = _sections()
     cfg = Config(**{name: sections[name](**values) for name, values in base.items()})
     validate(cfg)
@@ -319,20 +327,27 @@ def validate(cfg: Config) -> None:
         for f in dataclasses.fields(sub):
             _check_field(f"{section.name}.{f.name}", getattr(sub, f.name), f.metadata)
     if not cfg.network.hidden or any(h < 1 for h in cfg.network.hidden):
-        raise ConfigError(f"config field network.hidden={cfg.network.hidden!r}: "
-                          f"must be one or more positive widths")
+        raise ConfigError(
+            f"config field network.hidden={cfg.network.hidden!r}: "
+            f"must be one or more positive widths"
+        )
     if cfg.exploration.eps_end > cfg.exploration.eps_start:
-        raise ConfigError(f"config field exploration.eps_end={cfg.exploration.eps_end}: "
-                          f"must be <= exploration.eps_start={cfg.exploration.eps_start}")
+        raise ConfigError(
+            f"config field exploration.eps_end={cfg.exploration.eps_end}: "
+            f"must be <= exploration.eps_start={cfg.exploration.eps_start}"
+        )
     lane = cfg.replay.capacity // cfg.env.num_envs
     need = cfg.replay.n_step + cfg.env.frame_stack + 2
     if lane < need:
-        raise ConfigError(f"config field replay.capacity={cfg.replay.capacity}: must hold at "
-                          f"least {need} steps per env ({need * cfg.env.num_envs} with "
-                          f"env.num_envs={cfg.env.num_envs})")
+        raise ConfigError(
+            f"config field replay.capacity={cfg.replay.capacity}: must hold at "
+            f"least {need} steps per env ({need * cfg.env.num_envs} with "
+            f"env.num_envs={cfg.env.num_envs})"
+        )
     if cfg.run.stop_at_return is not None and not math.isfinite(cfg.run.stop_at_return):
-        raise ConfigError(f"config field run.stop_at_return={cfg.run.stop_at_return}: "
-                          f"must be a finite number")
+        raise ConfigError(
+            f"config field run.stop_at_return={cfg.run.stop_at_return}: must be a finite number"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,8 +390,9 @@ def scaled_lr(cfg: LearnerConfig, world_size: int) -> float:
 
 def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:
     """A new validated Config with some fields replaced (the old one is untouched)."""
-    replaced = {name: dataclasses.replace(getattr(cfg, name), **values)
-                for name, values in sections.items()}
+    replaced = {
+        name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()
+    }
     new = dataclasses.replace(cfg, **replaced)
     validate(new)
     return new

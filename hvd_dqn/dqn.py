@@ -64,7 +64,10 @@ def n_step_returns(
 
 
 def double_q_target(
-    r_t: tf.Tensor, discount_t: tf.Tensor, q_t_online: tf.Tensor, q_t_target: tf.Tensor,
+    r_t: tf.Tensor,
+    discount_t: tf.Tensor,
+    q_t_online: tf.Tensor,
+    q_t_target: tf.Tensor,
     double: bool = True,
 ) -> tf.Tensor:
     """The bootstrapped target y = r_t + discount_t * Q_target(s_t, a*).

@@ -61,11 +61,22 @@ def _atari_env(cfg: EnvConfig, **kwargs: Any) -> gym.Env:
     frame_skip times and max-pool the last two frames; then 84x84 grayscale, up to
     noop_max no-ops after reset, and frame_stack frames stacked on axis 0.
     """
-    env = gym.make(cfg.id, frameskip=1, repeat_action_probability=cfg.sticky_actions,
-                   full_action_space=False, **kwargs)
+    env = gym.make(
+        cfg.id,
+        frameskip=1,
+        repeat_action_probability=cfg.sticky_actions,
+        full_action_space=False,
+        **kwargs,
+    )
     env = gym.wrappers.AtariPreprocessing(
-        env, noop_max=cfg.noop_max, frame_skip=cfg.frame_skip, screen_size=cfg.screen_size,
-        terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+        env,
+        noop_max=cfg.noop_max,
+        frame_skip=cfg.frame_skip,
+        screen_size=cfg.screen_size,
+        terminal_on_life_loss=False,
+        grayscale_obs=True,
+        scale_obs=False,
+    )
     return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
 
 
@@ -83,12 +94,15 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, native: bool = True) -> gym.v
     if cfg.max_episode_steps:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if is_atari(cfg.id):
+
         def make_one() -> gym.Env:
             return _atari_env(cfg, **kwargs)
+
         envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([make_one] * num_envs)
     elif native and spec.vector_entry_point is not None:
-        envs = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point",
-                            **kwargs)
+        envs = gym.make_vec(
+            cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+        )
     else:
         envs = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
     check_spaces(cfg.id, envs.single_observation_space, envs.single_action_space)
@@ -98,11 +112,14 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, native: bool = True) -> gym.v
 def check_spaces(env_id: str, obs_space: gym.Space, action_space: gym.Space) -> None:
     """DQN needs a Box observation and a Discrete action space."""
     if not isinstance(action_space, gym.spaces.Discrete):
-        raise ConfigError(f"config field env.id={env_id!r}: action space {action_space} is not "
-                          f"Discrete; DQN picks among a finite set of actions")
+        raise ConfigError(
+            f"config field env.id={env_id!r}: action space {action_space} is not "
+            f"Discrete; DQN picks among a finite set of actions"
+        )
     if not isinstance(obs_space, gym.spaces.Box):
-        raise ConfigError(f"config field env.id={env_id!r}: observation space {obs_space} is "
-                          f"not a Box")
+        raise ConfigError(
+            f"config field env.id={env_id!r}: observation space {obs_space} is not a Box"
+        )
 
 
 def frame_stack(cfg: EnvConfig) -> int:
@@ -114,7 +131,8 @@ def reset(envs: gym.vector.VectorEnv, seeds: Sequence[int]) -> np.ndarray:
     """Reset `envs` with one seed per env; a native vector env (one generator for all
     of its envs, e.g. CartPoleVectorEnv) takes the first seed, distinct per rank."""
     per_env = isinstance(envs, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv))
-    obs, _ = envs.reset(seed=list(seeds) if per_env else int(seeds[0]))
+    seed: Any = list(seeds) if per_env else int(seeds[0])
+    obs, _ = envs.reset(seed=seed)
     return obs
 
 

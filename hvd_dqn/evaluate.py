@@ -36,14 +36,22 @@ def eval_seed(episode: int) -> int:
 def summarize(returns: list[float]) -> dict[str, float]:
     """Mean, std, min and max of episode returns."""
     r = np.asarray(returns, dtype=np.float64)
-    return {"return_mean": float(r.mean()), "return_std": float(r.std()),
-            "return_min": float(r.min()), "return_max": float(r.max()),
-            "episodes": len(r)}
+    return {
+        "return_mean": float(r.mean()),
+        "return_std": float(r.std()),
+        "return_min": float(r.min()),
+        "return_max": float(r.max()),
+        "episodes": len(r),
+    }
 
 
 def evaluate(
-    act: Callable[[np.ndarray], Any], env: EnvConfig, episodes: int, eps: float = 0.0,
-    rank: int = 0, size: int = 1,
+    act: Callable[[np.ndarray], Any],
+    env: EnvConfig,
+    episodes: int,
+    eps: float = 0.0,
+    rank: int = 0,
+    size: int = 1,
     allgather_object: Callable[[Any], list[Any]] = lambda x: [x],
 ) -> dict[str, float]:
     """Run this rank's share of `episodes` and return statistics over all of them."""
@@ -75,12 +83,15 @@ def load_policy(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], EnvConf
     if (path / "model" / POLICY_FILE).exists():
         path = path / "model"
     if not (path / POLICY_FILE).exists():
-        raise ConfigError(f"{path}: not an exported policy or a run directory with model/ "
-                          f"(no {POLICY_FILE})")
+        raise ConfigError(
+            f"{path}: not an exported policy or a run directory with model/ (no {POLICY_FILE})"
+        )
     try:
         env_fields = json.loads((path / POLICY_FILE).read_text())["env"]
-        env = EnvConfig(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in env_fields.items()})
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in env_fields.items()
+        }
+        env = EnvConfig(**fields)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path / POLICY_FILE}: unreadable ({exc})") from None
     model = tf.saved_model.load(str(path))
@@ -97,10 +108,18 @@ def evaluate_command(target: str, episodes: int, env_id: str | None, eps: float)
     if env_id:
         env = replace(env, id=env_id)
     stats = evaluate(act, env, episodes, eps)
-    print(f"{env.id}: {episodes} episodes, epsilon {eps}: "
-          f"mean {stats['return_mean']:.2f}  std {stats['return_std']:.2f}  "
-          f"min {stats['return_min']:.2f}  max {stats['return_max']:.2f}  "
-          f"(mean length {stats['length_mean']:.1f})")
-    print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                      for k, v in stats.items()}))
+    print(
+        f"{env.id}: {episodes} episodes, epsilon {eps}: "
+        f"mean {stats['return_mean']:.2f}  std {stats['return_std']:.2f}  "
+        f"min {stats['return_min']:.2f}  max {stats['return_max']:.2f}  "
+        f"(mean length {stats['length_mean']:.1f})"
+    )
+    print(
+        json.dumps(
+            {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in stats.items()
+            }
+        )
+    )
     return 0

@@ -36,8 +36,14 @@ class Adam(tf.Module):
     tf.train.Checkpoint saves it the same way on Keras 2 and Keras 3.
     """
 
-    def __init__(self, variables: Sequence[tf.Variable], lr: float, eps: float = 1e-8,
-                 beta1: float = 0.9, beta2: float = 0.999) -> None:
+    def __init__(
+        self,
+        variables: Sequence[tf.Variable],
+        lr: float,
+        eps: float = 1e-8,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+    ) -> None:
         super().__init__(name="adam")
         self.lr, self.eps, self.beta1, self.beta2 = lr, eps, beta1, beta2
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
@@ -67,9 +73,18 @@ class UpdateInfo(NamedTuple):
 class Learner(tf.Module):
     """Online/target networks, optimizer, update and target sync."""
 
-    def __init__(self, obs_shape: Sequence[int], obs_dtype: tf.DType | np.dtype | type,
-                 num_actions: int, net: NetworkConfig, cfg: LearnerConfig, *, seed: int,
-                 world_size: int = 1, reduce_gradients: GradientReducer = _identity) -> None:
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        obs_dtype: tf.DType | np.dtype | type,
+        num_actions: int,
+        net: NetworkConfig,
+        cfg: LearnerConfig,
+        *,
+        seed: int,
+        world_size: int = 1,
+        reduce_gradients: GradientReducer = _identity,
+    ) -> None:
         super().__init__(name="learner")
         self.cfg = cfg
         # Same seed on every rank: identical initial weights before any broadcast.
@@ -93,9 +108,15 @@ class Learner(tf.Module):
     def _greedy(self, obs: tf.Tensor) -> tf.Tensor:
         return tf.argmax(self.online(obs), axis=1, output_type=tf.int32)  # [B]
 
-    def _one_update(self, obs_tm1: tf.Tensor, a_tm1: tf.Tensor, r_t: tf.Tensor,
-                    discount_t: tf.Tensor, obs_t: tf.Tensor,
-                    weights: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def _one_update(
+        self,
+        obs_tm1: tf.Tensor,
+        a_tm1: tf.Tensor,
+        r_t: tf.Tensor,
+        discount_t: tf.Tensor,
+        obs_t: tf.Tensor,
+        weights: tf.Tensor,
+    ) -> tuple[tf.Tensor, ...]:
         cfg = self.cfg
         batch = tf.shape(a_tm1)[0]
         with tf.GradientTape() as tape:
@@ -114,26 +135,40 @@ class Learner(tf.Module):
             grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm, use_norm=norm)
         self.optimizer.apply(grads, self.online.weights)
         updates = self.updates.assign_add(1)
-        tf.cond(tf.equal(updates % cfg.target_update_period, 0), self._sync_target,
-                lambda: tf.constant(False))
+        tf.cond(
+            tf.equal(updates % cfg.target_update_period, 0),
+            self._sync_target,
+            lambda: tf.constant(False),
+        )
         return loss, tf.reduce_mean(q_a), norm, tf.abs(td)
 
     def _sync_target(self) -> tf.Tensor:
         polyak(self.target.weights, self.online.weights, self.cfg.tau)
         return tf.constant(True)
 
-    def _update(self, obs_tm1: tf.Tensor, a_tm1: tf.Tensor, r_t: tf.Tensor,
-                discount_t: tf.Tensor, obs_t: tf.Tensor, weights: tf.Tensor) -> tuple:
+    def _update(
+        self,
+        obs_tm1: tf.Tensor,
+        a_tm1: tf.Tensor,
+        r_t: tf.Tensor,
+        discount_t: tf.Tensor,
+        obs_t: tf.Tensor,
+        weights: tf.Tensor,
+    ) -> tuple:
         """K fused updates; every input is [K, B, ...] (K is static)."""
-        outs = [self._one_update(obs_tm1[k], a_tm1[k], r_t[k], discount_t[k], obs_t[k],
-                                 weights[k]) for k in range(obs_tm1.shape[0])]
+        outs = [
+            self._one_update(obs_tm1[k], a_tm1[k], r_t[k], discount_t[k], obs_t[k], weights[k])
+            for k in range(obs_tm1.shape[0])
+        ]
         loss, q, norm, td = (tf.stack(x) for x in zip(*outs, strict=True))
         return tf.reduce_mean(loss), tf.reduce_mean(q), tf.reduce_mean(norm), td
 
     def update(self, batches: Sequence[Batch]) -> UpdateInfo:
         """Run len(batches) updates in one compiled call."""
+
         def stack(i: int) -> np.ndarray:
             return np.stack([b[i] for b in batches])
+
         loss, q, norm, td = self._compiled_update(*(stack(i) for i in range(6)))
         return UpdateInfo(float(loss), float(q), float(norm), td.numpy())
 

@@ -32,15 +32,27 @@ class RunLog:
         self.run_dir = run_dir
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
         self.tb = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
-        self.bar = tqdm(total=total_steps, unit="step", unit_scale=True, dynamic_ncols=True,
-                        disable=not progress, mininterval=1.0)
+        self.bar = tqdm(
+            total=total_steps,
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            disable=not progress,
+            mininterval=1.0,
+        )
         self.start = time.perf_counter()
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        row = {"kind": kind, "env_steps": step,
-               "wall_seconds": round(time.perf_counter() - self.start, 3), **values}
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in row.items()}
+        row = {
+            "kind": kind,
+            "env_steps": step,
+            "wall_seconds": round(time.perf_counter() - self.start, 3),
+            **values,
+        }
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in row.items()
+        }
         self.file.write(json.dumps(clean) + "\n")
         with self.tb.as_default(step=step):
             for key, value in values.items():
@@ -51,8 +63,10 @@ class RunLog:
     def progress(self, step: int, **postfix: Any) -> None:
         self.bar.update(step - self.bar.n)
         if postfix:
-            self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v
-                                  for k, v in postfix.items()}, refresh=False)
+            self.bar.set_postfix(
+                {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
+                refresh=False,
+            )
 
     def message(self, text: str) -> None:
         self.bar.write(text)

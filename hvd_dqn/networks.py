@@ -38,8 +38,14 @@ def resolve_torso(torso: str, obs_shape: Sequence[int]) -> str:
 class QNetwork(tf.Module):
     """obs -> Q-values; see the module docstring."""
 
-    def __init__(self, obs_shape: Sequence[int], num_actions: int, cfg: NetworkConfig,
-                 seed: int, name: str = "q") -> None:
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        num_actions: int,
+        cfg: NetworkConfig,
+        seed: int,
+        name: str = "q",
+    ) -> None:
         super().__init__(name=name)
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.num_actions = num_actions
@@ -69,11 +75,15 @@ class QNetwork(tf.Module):
         h = cfg.hidden[-1]
         if self.dueling:
             self.value = [_dense(rng, width, h, "value_hidden"), _dense(rng, h, 1, "value")]
-            self.advantage = [_dense(rng, width, h, "adv_hidden"),
-                              _dense(rng, h, num_actions, "advantage")]
+            self.advantage = [
+                _dense(rng, width, h, "adv_hidden"),
+                _dense(rng, h, num_actions, "advantage"),
+            ]
         else:
-            self.head = [_dense(rng, width, h, "head_hidden"),
-                         _dense(rng, h, num_actions, "q_values")]
+            self.head = [
+                _dense(rng, width, h, "head_hidden"),
+                _dense(rng, h, num_actions, "q_values"),
+            ]
 
     def features(self, obs: tf.Tensor) -> tf.Tensor:
         x = tf.cast(obs, tf.float32)
@@ -113,18 +123,22 @@ def _mlp(x: tf.Tensor, layers: list[tuple[tf.Variable, tf.Variable]]) -> tf.Tens
     return tf.nn.relu(x @ w1 + b1) @ w2 + b2
 
 
-def _dense(rng: np.random.Generator, fan_in: int, fan_out: int,
-           name: str) -> tuple[tf.Variable, tf.Variable]:
+def _dense(
+    rng: np.random.Generator, fan_in: int, fan_out: int, name: str
+) -> tuple[tf.Variable, tf.Variable]:
     """He-uniform weights (He et al. 2015, for ReLU), zero bias."""
     limit = np.sqrt(6.0 / fan_in)
     w = rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
-    return tf.Variable(w, name=f"{name}/w"), tf.Variable(np.zeros(fan_out, np.float32),
-                                                          name=f"{name}/b")
+    return tf.Variable(w, name=f"{name}/w"), tf.Variable(
+        np.zeros(fan_out, np.float32), name=f"{name}/b"
+    )
 
 
-def _conv(rng: np.random.Generator, k: int, c_in: int, c_out: int,
-          name: str) -> tuple[tf.Variable, tf.Variable]:
+def _conv(
+    rng: np.random.Generator, k: int, c_in: int, c_out: int, name: str
+) -> tuple[tf.Variable, tf.Variable]:
     limit = np.sqrt(6.0 / (k * k * c_in))
     w = rng.uniform(-limit, limit, size=(k, k, c_in, c_out)).astype(np.float32)
-    return tf.Variable(w, name=f"{name}/w"), tf.Variable(np.zeros(c_out, np.float32),
-                                                          name=f"{name}/b")
+    return tf.Variable(w, name=f"{name}/w"), tf.Variable(
+        np.zeros(c_out, np.float32), name=f"{name}/b"
+    )

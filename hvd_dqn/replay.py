@@ -122,8 +122,15 @@ class Replay:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.frames, self.actions, self.rewards, self.terminated, self.truncated,
-                  self.is_final, self.ep_step)
+        arrays = (
+            self.frames,
+            self.actions,
+            self.rewards,
+            self.terminated,
+            self.truncated,
+            self.is_final,
+            self.ep_step,
+        )
         tree = self.tree.nodes.nbytes if self.tree is not None else 0
         return sum(a.nbytes for a in arrays) + tree
 
@@ -137,8 +144,14 @@ class Replay:
         lo, hi = self._bounds()
         return max(0, hi - lo + 1) * self.num_envs
 
-    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-            terminated: np.ndarray, truncated: np.ndarray) -> None:
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
         """Store one vector step: obs [E, ...] the actions [E] were taken in, and the
         rewards and episode-end flags [E] that env.step returned."""
         c = self.t
@@ -215,8 +228,9 @@ class Replay:
             times = self.t - 1 - ((newest_slot - slots) % self.lane)
         steps = times[:, None] + np.arange(self.n_step)  # [B, N]
         idx = (steps % self.lane, lanes[:, None])
-        g, discount, m = n_step_returns(self.rewards[idx], self.terminated[idx],
-                                        self.truncated[idx], self.gamma)
+        g, discount, m = n_step_returns(
+            self.rewards[idx], self.terminated[idx], self.truncated[idx], self.gamma
+        )
         return Batch(
             obs_tm1=self._stacked(times, lanes),
             a_tm1=self.actions[times % self.lane, lanes],

@@ -24,13 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import tensorflow as tf
 
 from hvd_dqn import distributed
 from hvd_dqn.config import Config, run_dir, to_yaml
 from hvd_dqn.distributed import World
-from hvd_dqn.dqn import epsilon_greedy, linear_schedule
+from hvd_dqn.dqn import linear_schedule
 from hvd_dqn.envs import env_seeds, frame_stack, make_vector_env, reset
 from hvd_dqn.evaluate import evaluate, export_policy
 from hvd_dqn.learner import ExportedPolicy, Learner
@@ -66,8 +67,9 @@ def choose_run_dir(cfg: Config) -> Path:
     base = run_dir(cfg)
     if cfg.run.run_dir:
         if (base / "metrics.jsonl").exists():
-            raise FileExistsError(f"run.run_dir={base}: already holds a run (metrics.jsonl); "
-                                  f"choose another directory")
+            raise FileExistsError(
+                f"run.run_dir={base}: already holds a run (metrics.jsonl); choose another directory"
+            )
         return base
     path, i = base, 0
     while (path / "metrics.jsonl").exists():
@@ -82,29 +84,44 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
     # Horovod (host side): every rank must train the same config.
     distributed.check_same("config", distributed.config_digest(to_yaml(cfg)))
     # Rank 0 picks the run directory; everyone uses its choice.
-    out = Path(distributed.allgather_object(
-        str(choose_run_dir(cfg)) if world.is_chief else "")[0])
-    if world.is_chief:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.yaml", to_yaml(cfg))
-
+    out = Path(distributed.allgather_object(str(choose_run_dir(cfg)) if world.is_chief else "")[0])
     E, p = cfg.env.num_envs, world.size
     envs = distributed.run_collectively(
-        lambda: make_vector_env(cfg.env, E), "creating the environments")
-    obs_space, num_actions = envs.single_observation_space, int(envs.single_action_space.n)
+        lambda: make_vector_env(cfg.env, E), "creating the environments"
+    )
+    if world.is_chief:  # only once the envs exist: a bad env id leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.yaml", to_yaml(cfg))
+    obs_space, action_space = envs.single_observation_space, envs.single_action_space
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
+    num_actions = int(action_space.n)
     obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
-    replay = Replay(cfg.replay.capacity, E, obs_shape, obs_dtype, stack=frame_stack(cfg.env),
-                    n_step=cfg.replay.n_step, gamma=cfg.learner.gamma,
-                    prioritized=cfg.replay.prioritized, alpha=cfg.replay.alpha,
-                    priority_eps=cfg.replay.priority_eps, seed=cfg.run.seed * 7919 + world.rank)
-    learner = Learner(obs_shape, obs_dtype, num_actions, cfg.network, cfg.learner,
-                      seed=cfg.run.seed, world_size=p,
-                      reduce_gradients=partial(distributed.average_gradients,
-                                               fp16=cfg.learner.fp16_allreduce))
+    replay = Replay(
+        cfg.replay.capacity,
+        E,
+        obs_shape,
+        obs_dtype,
+        stack=frame_stack(cfg.env),
+        n_step=cfg.replay.n_step,
+        gamma=cfg.learner.gamma,
+        prioritized=cfg.replay.prioritized,
+        alpha=cfg.replay.alpha,
+        priority_eps=cfg.replay.priority_eps,
+        seed=cfg.run.seed * 7919 + world.rank,
+    )
+    learner = Learner(
+        obs_shape,
+        obs_dtype,
+        num_actions,
+        cfg.network,
+        cfg.learner,
+        seed=cfg.run.seed,
+        world_size=p,
+        reduce_gradients=partial(distributed.average_gradients, fp16=cfg.learner.fp16_allreduce),
+    )
     # Horovod: start from rank 0's weights and optimizer state.
     distributed.broadcast_variables(learner.state)
-    checkpoint = tf.train.Checkpoint(learner=learner,
-                                     env_steps=tf.Variable(0, dtype=tf.int64))
+    checkpoint = tf.train.Checkpoint(learner=learner, env_steps=tf.Variable(0, dtype=tf.int64))
     manager = tf.train.CheckpointManager(checkpoint, str(out / "checkpoints"), max_to_keep=2)
     log = RunLog(out, cfg.run.total_steps, cfg.run.progress) if world.is_chief else None
 
@@ -125,8 +142,12 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
 
     for it in range(iterations):
         # -- act: one batched call for all of this rank's envs ---------------------
-        eps = linear_schedule(cfg.exploration.eps_start, cfg.exploration.eps_end,
-                              cfg.exploration.eps_decay_steps, step_global)
+        eps = linear_schedule(
+            cfg.exploration.eps_start,
+            cfg.exploration.eps_end,
+            cfg.exploration.eps_decay_steps,
+            step_global,
+        )
         greedy = learner.greedy(obs).numpy()
         explore = rng.random(E) < eps
         actions = np.where(explore, rng.integers(num_actions, size=E), greedy)
@@ -159,8 +180,9 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
             update_debt += E * cfg.learner.replay_ratio
             while update_debt >= K:
                 update_debt -= K
-                beta = linear_schedule(cfg.replay.beta_start, cfg.replay.beta_end,
-                                       cfg.run.total_steps, step_global)
+                beta = linear_schedule(
+                    cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, step_global
+                )
                 batches = [replay.sample(cfg.learner.batch_size, beta) for _ in range(K)]
                 t0 = time.perf_counter()
                 result = learner.update(batches)  # gradients averaged over ranks inside
@@ -188,17 +210,19 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
             last_eval = _evaluate(cfg, learner, world)
             if log:
                 log.write("eval", step_global, last_eval)
-                log.message(f"eval @ {step_global} env steps: mean return "
-                            f"{last_eval['return_mean']:.1f} over {last_eval['episodes']} ep.")
+                log.message(
+                    f"eval @ {step_global} env steps: mean return "
+                    f"{last_eval['return_mean']:.1f} over {last_eval['episodes']} ep."
+                )
             target = cfg.run.stop_at_return
             reached = target is not None and last_eval["return_mean"] >= target
             if distributed.any_rank(reached):  # collective: every rank stops here
                 solved_at = step_global
-        if (cfg.run.checkpoint_every and _crossed(step_global, per_iter,
-                                                  cfg.run.checkpoint_every)) or last or solved_at:
-            if world.is_chief:
-                checkpoint.env_steps.assign(step_global)
-                manager.save(checkpoint_number=step_global)
+        every = cfg.run.checkpoint_every
+        save_now = bool(every) and _crossed(step_global, per_iter, every)
+        if world.is_chief and (save_now or last or solved_at is not None):
+            checkpoint.env_steps.assign(step_global)
+            manager.save(checkpoint_number=step_global)
         if solved_at is not None:
             break
 
@@ -218,8 +242,10 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
         export_policy(ExportedPolicy(learner.online, obs_dtype), cfg.env, out / "model")
         log.close()
         atomic_write(out / "summary.json", json.dumps(summary, indent=2))
-        print(f"done: {step_global} env steps in {train_seconds:.1f} s; final eval mean "
-              f"{last_eval.get('return_mean', float('nan')):.1f}; outputs in {out}")
+        print(
+            f"done: {step_global} env steps in {train_seconds:.1f} s; final eval mean "
+            f"{last_eval.get('return_mean', float('nan')):.1f}; outputs in {out}"
+        )
     return summary
 
 
@@ -238,10 +264,15 @@ def _log_point(window: Window, learner: Learner, world: World, eps: float) -> di
         learner.time_allreduce()
     allreduce_s = (time.perf_counter() - t0) / 10
     local = {
-        "episodes": window.episodes, "return_sum": window.return_sum,
-        "length_sum": window.length_sum, "updates": window.updates,
-        "update_seconds": window.update_seconds, "loss_sum": window.loss_sum,
-        "q_sum": window.q_sum, "calls": window.calls, "elapsed": elapsed,
+        "episodes": window.episodes,
+        "return_sum": window.return_sum,
+        "length_sum": window.length_sum,
+        "updates": window.updates,
+        "update_seconds": window.update_seconds,
+        "loss_sum": window.loss_sum,
+        "q_sum": window.q_sum,
+        "calls": window.calls,
+        "elapsed": elapsed,
         "allreduce_s": allreduce_s,
     }
     m = distributed.mean_over_ranks(local)  # Horovod: one allreduce of all counters
@@ -258,13 +289,23 @@ def _log_point(window: Window, learner: Learner, world: World, eps: float) -> di
         "updates_per_s": m["updates"] / m["update_seconds"] if m["update_seconds"] else 0.0,
         "ms_per_update": 1000 * per_update,
         "allreduce_share": min(1.0, m["allreduce_s"] * m["calls"] / m["update_seconds"])
-        if m["update_seconds"] and world.size > 1 else 0.0,
+        if m["update_seconds"] and world.size > 1
+        else 0.0,
     }
 
 
 def _evaluate(cfg: Config, learner: Learner, world: World) -> dict[str, float]:
     """Greedy evaluation, episodes split across ranks and gathered (collective)."""
+
     def act(obs: np.ndarray) -> np.ndarray:
         return learner.greedy(obs).numpy()
-    return evaluate(act, cfg.env, cfg.run.eval_episodes, cfg.exploration.eval_eps,
-                    world.rank, world.size, distributed.allgather_object)
+
+    return evaluate(
+        act,
+        cfg.env,
+        cfg.run.eval_episodes,
+        cfg.exploration.eval_eps,
+        world.rank,
+        world.size,
+        distributed.allgather_object,
+    )

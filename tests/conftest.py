@@ -19,22 +19,35 @@ def quiet_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def horovodrun(args: list[str], np: int = 2, gloo: bool = False, timeout: float = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def horovodrun(
+    args: list[str],
+    np: int = 2,
+    gloo: bool = False,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `args` as `np` processes under horovodrun (MPI, or Gloo), real processes."""
     cmd = [str(BIN / "horovodrun"), "-np", str(np)]
     if gloo:
         cmd.append("--gloo")
     cmd += args
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=env or quiet_env(), cwd=ROOT)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env or quiet_env(), cwd=ROOT
+    )
 
 
-def hvd_dqn(args: list[str], timeout: float = 300,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def hvd_dqn(
+    args: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the console script as one process."""
-    return subprocess.run([str(BIN / "hvd-dqn"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or quiet_env(), cwd=ROOT)
+    return subprocess.run(
+        [str(BIN / "hvd-dqn"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or quiet_env(),
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from conftest import BIN, WORKERS, horovodrun, hvd_dqn, quiet_env
 
 from hvd_dqn.distributed import WorldError, choose_gpu, cpu_threads_per_rank, expected_world_size
 
-
 # -- pure logic --------------------------------------------------------------------------
 
 
@@ -70,8 +69,9 @@ def _results(out: Path) -> list[dict]:
 @pytest.mark.distributed
 @pytest.mark.parametrize("gloo", [False, True], ids=["mpi", "gloo"])
 def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bool) -> None:
-    proc = horovodrun([sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "layer"],
-                      gloo=gloo)
+    proc = horovodrun(
+        [sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "layer"], gloo=gloo
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = _results(tmp_path)
     assert r0["size"] == r1["size"] == 2
@@ -87,15 +87,18 @@ def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bo
     assert r0["metric_mean"] == pytest.approx(0.5)
     assert r0["vote_any"] is True and r1["vote_any"] is True
     assert r0["vote_none"] is False and r1["vote_none"] is False
-    assert r0["check_same"] == r1["check_same"] == "ranks [1] resolved a different config from rank 0"
+    assert (
+        r0["check_same"] == r1["check_same"] == "ranks [1] resolved a different config from rank 0"
+    )
     for r in (r0, r1):
         assert r["collective_error"] == "setup failed on 1 of 2 ranks: rank 1: ValueError: boom"
 
 
 @pytest.mark.distributed
 def test_mismatched_shapes_raise_instead_of_hanging(tmp_path: Path) -> None:
-    proc = horovodrun([sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "mismatch"],
-                      timeout=120)
+    proc = horovodrun(
+        [sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "mismatch"], timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in _results(tmp_path):
         assert r["error"] is not None
@@ -124,6 +127,7 @@ def test_processes_that_each_think_they_are_alone_fail_loudly() -> None:
     proc = hvd_dqn(["doctor"], env=quiet_env(SLURM_STEP_NUM_TASKS="2"))
     assert proc.returncode == 1
     assert "srun (SLURM_STEP_NUM_TASKS=2) started 2 processes but Horovod sees a world of 1" in (
-        proc.stderr)
+        proc.stderr
+    )
     proc = hvd_dqn(["doctor", "--expect-world-size", "4"])
     assert proc.returncode == 1 and "--expect-world-size started 4" in proc.stderr

@@ -19,7 +19,15 @@ def test_sum_tree_find_follows_the_cumulative_sums() -> None:
     assert tree.total == 10.0
     # cumulative sums 1, 3, 6, 10
     assert tree.find(np.array([0.0, 0.99, 1.0, 2.99, 3.0, 5.99, 6.0, 9.99])).tolist() == [
-        0, 0, 1, 1, 2, 2, 3, 3]
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+    ]
     tree.set(np.array([1]), np.array([0.0]))  # a zero priority is never found
     assert tree.total == 8.0
     assert 1 not in tree.find(np.linspace(0, 7.999, 1000)).tolist()
@@ -49,8 +57,16 @@ def _feed(replay: Replay, steps: int, num_envs: int, seed: int) -> list[dict]:
         truncated = ~prev_ended & ~terminated & (rng.random(num_envs) < 0.1)
         actions = rng.integers(3, size=num_envs)
         replay.add(obs, actions, rewards, terminated, truncated)
-        log.append({"obs": obs[:, 0], "a": actions, "r": rewards, "term": terminated,
-                    "trunc": truncated, "final": prev_ended.copy()})
+        log.append(
+            {
+                "obs": obs[:, 0],
+                "a": actions,
+                "r": rewards,
+                "term": terminated,
+                "trunc": truncated,
+                "final": prev_ended.copy(),
+            }
+        )
         prev_ended = terminated | truncated
     return log
 
@@ -70,8 +86,16 @@ def _reference(log: list[dict], t: int, e: int, n: int, gamma: float) -> tuple:
 @pytest.mark.parametrize("n_step", [1, 3])
 def test_sampled_transitions_match_the_episodes_across_ends_and_envs(prioritized, n_step):
     num_envs, gamma = 3, 0.9
-    replay = Replay(3 * 40, num_envs, (1,), np.float32, n_step=n_step, gamma=gamma,
-                    prioritized=prioritized, seed=1)
+    replay = Replay(
+        3 * 40,
+        num_envs,
+        (1,),
+        np.float32,
+        n_step=n_step,
+        gamma=gamma,
+        prioritized=prioritized,
+        seed=1,
+    )
     log = _feed(replay, 100, num_envs, seed=2)  # 100 steps into 40 slots: wrapped twice
     batch = replay.sample(2000)
     lo, hi = replay._bounds()
@@ -149,10 +173,12 @@ def test_atari_buffer_memory_is_one_frame_per_transition() -> None:
     frame_bytes = capacity * 84 * 84  # 705.6 MB
     assert replay.frames.nbytes == frame_bytes
     assert replay.nbytes < 1.05 * frame_bytes  # actions, rewards, flags: a few MB
+
     # Touch every page and measure what the process really holds.
     def rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
+
     before = rss()
     replay.frames.fill(1)
     grown = rss() - before

@@ -26,8 +26,10 @@ if mode == "mismatch":
         result["error"] = f"{type(exc).__name__}: {exc}"
 else:
     # 1. Gradient averaging equals the mean of the ranks' gradients.
-    local = [tf.constant(np.arange(6, dtype=np.float32).reshape(3, 2) * (world.rank + 1)),
-             tf.constant([10.0 * world.rank + 1.0])]
+    local = [
+        tf.constant(np.arange(6, dtype=np.float32).reshape(3, 2) * (world.rank + 1)),
+        tf.constant([10.0 * world.rank + 1.0]),
+    ]
     averaged = distributed.average_gradients(local)
     flat = np.concatenate([g.numpy().ravel() for g in local])
     every = distributed.allgather(flat[None, :])  # [ranks, n]
@@ -58,8 +60,9 @@ else:
         return loss
 
     for _ in range(5):
-        step(rng.normal(size=(16, 4)).astype(np.float32),
-             rng.normal(size=(16, 3)).astype(np.float32))
+        step(
+            rng.normal(size=(16, 4)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
+        )
     state = [v.numpy().tobytes() for v in [w, b, *opt.state]]
     every_state = distributed.allgather_object(state)
     result["identical_after"] = all(s == every_state[0] for s in every_state)
@@ -73,9 +76,11 @@ else:
     except distributed.WorldError as exc:
         result["check_same"] = str(exc)
     try:
+
         def fail_on_one() -> None:
             if world.rank == 1:
                 raise ValueError("boom")
+
         distributed.run_collectively(fail_on_one, "setup")
         result["collective_error"] = None
     except distributed.WorldError as exc:

@@ -1,0 +1,106 @@
+"""Config: presets, YAML files, overrides, validation messages, immutability."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from hvd_dqn.config import PRESETS, ConfigError, LearnerConfig, load, scaled_lr, to_yaml
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_validate(preset: str) -> None:
+    cfg = load(preset)
+    assert cfg.run.total_steps > 0
+
+
+def test_preset_values() -> None:
+    assert load("cartpole").env.id == "CartPole-v1"
+    assert load("minatar").network.torso == "minatar"
+    atari = load("atari")
+    assert (atari.env.clip_rewards, atari.network.torso, atari.replay.capacity) == (
+        True,
+        "nature",
+        1_000_000,
+    )
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load(
+        "cartpole",
+        [
+            "learner.lr=5e-4",
+            "network.hidden=64,32",
+            "replay.prioritized=true",
+            "run.stop_at_return=none",
+            "run.total_steps=2e4",
+        ],
+    )
+    assert cfg.learner.lr == 5e-4
+    assert cfg.network.hidden == (64, 32)
+    assert cfg.replay.prioritized is True
+    assert cfg.run.stop_at_return is None
+    assert cfg.run.total_steps == 20_000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learner.lr=-1", "config field learner.lr=-1.0: must be > 0.0"),
+        ("learner.gamma=1.5", "config field learner.gamma=1.5: must be in [0.0, 1.0]"),
+        ("replay.capacity=abc", "config field replay.capacity='abc': expected int"),
+        ("replay.capacity=2.5", "config field replay.capacity=2.5: expected int"),
+        ("network.torso=resnet", "config field network.torso='resnet': must be one of"),
+        ("learner.lrr=1", "unknown config field learner.lrr"),
+        ("trainer.lr=1", "unknown config section 'trainer'"),
+        ("learner.lr", "expected section.field=value"),
+        ("replay.capacity=16", "config field replay.capacity=16: must hold at least"),
+        (
+            "exploration.eps_start=0.01",
+            "exploration.eps_end=0.02: must be <= exploration.eps_start",
+        ),
+        ("learner.lr=nan", "config field learner.lr=nan: must be a finite number"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load("cartpole", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_file_with_preset_and_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: minatar\nenv:\n  id: MinAtar/Asterix-v1\nlearner:\n  lr: 1.0e-4\n")
+    cfg = load(str(path))
+    assert cfg.env.id == "MinAtar/Asterix-v1" and cfg.learner.lr == 1e-4
+    assert cfg.network.torso == "minatar"  # from the preset
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(to_yaml(cfg))
+    assert load(str(resolved)) == cfg
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env:\n  id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ is not valid YAML"):
+        load(str(bad))
+    bad.write_text("env: 3\n")
+    with pytest.raises(ConfigError, match="section env must be a mapping"):
+        load(str(bad))
+
+
+def test_config_is_frozen() -> None:
+    cfg = load("cartpole")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.learner.lr = 1.0  # type: ignore[misc]
+
+
+def test_learning_rate_scaling_rules() -> None:
+    assert scaled_lr(LearnerConfig(lr=1e-3), 8) == 1e-3
+    assert scaled_lr(LearnerConfig(lr=1e-3, lr_scaling="linear"), 8) == pytest.approx(8e-3)
+    assert scaled_lr(LearnerConfig(lr=1e-3, lr_scaling="sqrt"), 4) == pytest.approx(2e-3)

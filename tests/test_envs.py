@@ -1,0 +1,56 @@
+"""Environments: seeds, spaces, Atari and MinAtar observations, fixed-seed episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hvd_dqn.config import ConfigError, EnvConfig
+from hvd_dqn.envs import env_seeds, make_vector_env, run_episodes
+from hvd_dqn.evaluate import eval_seed
+
+
+def test_env_seeds_are_distinct_across_ranks_and_envs_and_never_evaluation_seeds() -> None:
+    seeds = [s for rank in range(16) for s in env_seeds(3, rank, 64)]
+    assert len(set(seeds)) == len(seeds)
+    assert all(s % 2 == 0 for s in seeds)
+    assert eval_seed(5) % 2 == 1
+    assert env_seeds(0, 1, 4) != env_seeds(1, 0, 4)
+
+
+def test_continuous_actions_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"env.id='Pendulum-v1'.*not Discrete"):
+        make_vector_env(EnvConfig(id="Pendulum-v1"), 2)
+
+
+def test_unknown_env_id() -> None:
+    with pytest.raises(ConfigError, match="not a registered gymnasium id"):
+        make_vector_env(EnvConfig(id="NoSuchEnv-v9"), 2)
+
+
+def test_atari_preprocessing_shapes() -> None:
+    envs = make_vector_env(EnvConfig(id="ALE/Pong-v5"), 2)
+    obs, _ = envs.reset(seed=[0, 2])
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    envs.close()
+
+
+def test_minatar_observations() -> None:
+    envs = make_vector_env(EnvConfig(id="MinAtar/Breakout-v1"), 3)
+    obs, _ = envs.reset(seed=[0, 2, 4])
+    assert obs.shape == (3, 10, 10, 4) and obs.dtype == bool
+    envs.close()
+
+
+def test_fixed_seed_episodes_repeat_and_time_limits_apply() -> None:
+    cfg = EnvConfig(id="CartPole-v1", max_episode_steps=30)
+    rng = np.random.default_rng(0)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return (obs[:, 2] > 0).astype(np.int64)  # push toward the lean
+
+    a = run_episodes(cfg, [1, 3, 5], policy, 0.0, rng)
+    b = run_episodes(cfg, [1, 3, 5], policy, 0.0, rng)
+    assert a == b
+    assert all(length <= 30 for _, length in a)
+    assert any(length == 30 for _, length in a)
