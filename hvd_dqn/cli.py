@@ -2,6 +2,8 @@
 
     hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E]
+    hvd-dqn bench {act,update,scaling,solve} [--json FILE]
+    hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
     hvd-dqn doctor
 
 Start `train` under a launcher for data parallelism: `horovodrun -np 2 hvd-dqn train`,
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hvd_dqn import __version__
 from hvd_dqn.config import PRESETS, ConfigError, load
@@ -78,6 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--env", help="evaluate on another gymnasium id")
     ev.add_argument("--eps", type=float, default=0.0, help="evaluation epsilon (default 0)")
 
+    bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
+    bench.add_argument("which", choices=("act", "update", "scaling", "solve", "update-worker"))
+    bench.add_argument("--json", help="write the results to this file")
+    bench.add_argument("--np", type=int, default=2, help="ranks for multi-rank runs (2)")
+    bench.add_argument("--seeds", default="0,1,2", help="solve: comma-separated seeds")
+    bench.add_argument("--config", default="cartpole", help="solve: preset or YAML")
+    bench.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="solve: config overrides",
+    )
+
+    plot = sub.add_parser("plot", help="learning curves of runs; --scaling for a bench JSON")
+    plot.add_argument("runs", nargs="*", help="run directories")
+    plot.add_argument("--scaling", metavar="JSON", help="a `bench scaling` JSON to chart")
+    plot.add_argument("--out", default="curves.png", help="PNG to write (curves.png)")
+
     doctor = sub.add_parser("doctor", help="check the TensorFlow/Horovod/MPI stack")
     doctor.add_argument("--expect-world-size", type=int, metavar="N")
     return parser
@@ -96,6 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hvd_dqn.evaluate import evaluate_command
 
             return evaluate_command(args.target, args.episodes, args.env, args.eps)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "plot":
+            from hvd_dqn.plot import plot_runs, plot_scaling
+
+            if not args.runs and not args.scaling:
+                return _fail("plot: give run directories and/or --scaling JSON", EXIT_USAGE)
+            if args.runs:
+                plot_runs(args.runs, args.out)
+            if args.scaling:
+                plot_scaling(args.scaling, str(Path(args.out).with_suffix("")) + "-scaling.png")
+            return 0
         if args.command == "doctor":
             return doctor(args.expect_world_size)
     except ConfigError as exc:
@@ -103,6 +138,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileExistsError, FileNotFoundError) as exc:
         return _fail(str(exc))
     return EXIT_USAGE
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from hvd_dqn import bench
+
+    if args.np < 1:
+        return _fail(f"--np {args.np}: must be >= 1", EXIT_USAGE)
+    if args.which == "act":
+        bench.bench_act(args.json)
+    elif args.which == "update":
+        bench.bench_update(args.json, args.np)
+    elif args.which == "update-worker":
+        bench.update_worker(args.json)
+    elif args.which == "scaling":
+        bench.bench_scaling(args.json, ranks=sorted({1, args.np}))
+    else:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            return _fail(f"--seeds {args.seeds!r}: expected comma-separated integers", EXIT_USAGE)
+        load(args.config, args.overrides)  # refuse a bad config before any run starts
+        extra = [f"--set={o}" for o in args.overrides]
+        bench.bench_solve(args.json, seeds, args.np, args.config, extra)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -122,7 +181,9 @@ def _train(args: argparse.Namespace) -> int:
     from hvd_dqn.train import TrainingError, train
 
     try:
-        world = distributed.init(expect_size=args.expect_world_size)
+        world = distributed.init(
+            expect_size=args.expect_world_size, threads=cfg.run.threads or None
+        )
     except distributed.WorldError as exc:
         return _fail(str(exc))
     try:

@@ -157,6 +157,9 @@ class RunConfig:
     """Env steps (all ranks) between checkpoints (0: only at the end)."""
     progress: bool = True
     """A progress bar on rank 0."""
+    threads: int = _f(0, lo=0, hi=256)
+    """TensorFlow intra-op threads per rank (0: the host's cores / its ranks; small
+    networks run fastest with 1)."""
 
 
 @dataclass(frozen=True)

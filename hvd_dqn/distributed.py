@@ -120,6 +120,26 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def runtime_defaults(environ: Mapping[str, str], num_cpus: int) -> dict[str, str]:
+    """Horovod and Open MPI settings to use where the user has not set them.
+
+    HOROVOD_CYCLE_TIME=0.01 (ms): Horovod's background thread starts a coordination
+    round at most this long after a tensor is ready (default 1 ms). A DQN update is
+    ~1 ms, so the default cycle nearly doubled each update; measured on 2 cores.
+    OMPI_MCA_mpi_yield_when_idle=1 when the host's ranks and their Horovod threads
+    outnumber its cores: a rank waiting in MPI then yields the core instead of spinning
+    on it while the other rank on that core still computes (3x faster here).
+    """
+    out: dict[str, str] = {}
+    if "HOROVOD_CYCLE_TIME" not in environ:
+        out["HOROVOD_CYCLE_TIME"] = "0.01"
+    local = environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or environ.get("HOROVOD_LOCAL_SIZE") or "1"
+    ranks_here = int(local) if local.isdigit() else 1
+    if "OMPI_MCA_mpi_yield_when_idle" not in environ and 2 * ranks_here > num_cpus:
+        out["OMPI_MCA_mpi_yield_when_idle"] = "1"
+    return out
+
+
 def config_digest(text: str) -> str:
     """A short hash of a resolved config, compared across ranks."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -142,6 +162,7 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     at TensorFlow's first use).
     """
     global _comm
+    os.environ.update(runtime_defaults(os.environ, usable_cpus()))  # read by hvd.init
     # Horovod: start the background thread that coordinates collectives. With an mpi4py
     # communicator, Horovod's world is that communicator (e.g. a split of COMM_WORLD).
     hvd.init(comm=comm)
@@ -167,7 +188,7 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     # Horovod: ranks on one host share its cores; give each its share of threads.
     n = threads or cpu_threads_per_rank(usable_cpus(), hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(n)
-    tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+    tf.config.threading.set_inter_op_parallelism_threads(1)  # small graphs: 1 is fastest
 
     world = World(
         rank=hvd.rank(),

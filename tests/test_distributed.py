@@ -131,3 +131,16 @@ def test_processes_that_each_think_they_are_alone_fail_loudly() -> None:
     )
     proc = hvd_dqn(["doctor", "--expect-world-size", "4"])
     assert proc.returncode == 1 and "--expect-world-size started 4" in proc.stderr
+
+
+def test_runtime_defaults_respect_the_user_and_the_cores() -> None:
+    from hvd_dqn.distributed import runtime_defaults
+
+    two_ranks = {"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    assert runtime_defaults(two_ranks, num_cpus=2) == {
+        "HOROVOD_CYCLE_TIME": "0.01",
+        "OMPI_MCA_mpi_yield_when_idle": "1",
+    }
+    assert runtime_defaults(two_ranks, num_cpus=8) == {"HOROVOD_CYCLE_TIME": "0.01"}
+    user = {**two_ranks, "HOROVOD_CYCLE_TIME": "5", "OMPI_MCA_mpi_yield_when_idle": "0"}
+    assert runtime_defaults(user, num_cpus=2) == {}

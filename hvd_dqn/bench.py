@@ -1,0 +1,378 @@
+"""Benchmarks that print tables and write JSON: act, update, scaling, solve.
+
+    hvd-dqn bench act      [--json F]   env steps/s per rank by envs per rank
+    hvd-dqn bench update   [--json F]   ms per update, compute vs allreduce, 1 vs 2 ranks
+    hvd-dqn bench scaling  [--json F]   aggregate throughput at 1 and 2 ranks
+    hvd-dqn bench solve --seeds 0,1,2 [--np 2] [--json F]   time to solve CartPole-v1
+
+Multi-rank figures come from real `horovodrun -np N` runs started by the bench itself,
+so each table compares 1 process and N ranks measured side by side. Timings are the
+median of several repeats; the machine is shared, so repeat a bench before trusting a
+difference of a few percent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BIN = Path(sys.executable).parent
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, number: int) -> float:
+    """Median over `repeats` of the mean seconds of one call, over `number` calls."""
+    fn()  # warm-up (tracing)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
+    return statistics.median(times)
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += [
+        "  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths, strict=True))
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def _write(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2))
+        print(f"wrote {path}")
+
+
+def _quiet_env() -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+
+def _horovodrun(np_: int, args: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "horovodrun"), "-np", str(np_), str(BIN / "hvd-dqn"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_quiet_env(), timeout=timeout)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        raise RuntimeError(f"{' '.join(cmd)} failed: {' | '.join(tail)}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------
+# act: batched action selection + vector env step
+# ---------------------------------------------------------------------------------------
+
+
+def bench_act(json_path: str | None, steps: int = 2000) -> dict[str, Any]:
+    from hvd_dqn import distributed
+    from hvd_dqn.config import EnvConfig, NetworkConfig
+    from hvd_dqn.envs import env_seeds, make_vector_env, reset
+    from hvd_dqn.networks import QNetwork
+
+    distributed.init(threads=1)
+    cases: list[tuple[str, int, tuple[int, ...]]] = [
+        ("CartPole-v1", n, (64, 64)) for n in (1, 8, 32, 128)
+    ]
+    cases += [("ALE/Pong-v5", n, (512,)) for n in (1, 4, 8)]
+    rows = []
+    rng = np.random.default_rng(0)
+    for env_id, n, hidden in cases:
+        import tensorflow as tf
+
+        envs = make_vector_env(EnvConfig(id=env_id), n)
+        space = envs.single_observation_space
+        shape = tuple(space.shape or ())
+        actions = int(envs.single_action_space.n)  # type: ignore[attr-defined]
+        net = QNetwork(shape, actions, NetworkConfig(hidden=hidden), seed=0)
+        spec = tf.TensorSpec([None, *shape], space.dtype)
+        greedy = tf.function(lambda o, net=net: tf.argmax(net(o), axis=1), input_signature=[spec])
+        obs = reset(envs, env_seeds(0, 0, n))
+        iters = max(20, steps // n) if env_id.startswith("CartPole") else max(10, 400 // n)
+        for _ in range(5):  # warm-up
+            obs, *_ = envs.step(greedy(obs).numpy())
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            chosen = greedy(obs).numpy()
+            explore = rng.random(n) < 0.05
+            obs, *_ = envs.step(np.where(explore, rng.integers(actions, size=n), chosen))
+        seconds = time.perf_counter() - t0
+        envs.close()
+        rows.append(
+            {
+                "env": env_id,
+                "envs_per_rank": n,
+                "env_steps_per_s": iters * n / seconds,
+                "us_per_vector_step": 1e6 * seconds / iters,
+            }
+        )
+    print(_table(rows, ["env", "envs_per_rank", "env_steps_per_s", "us_per_vector_step"]))
+    result = {"bench": "act", "rows": rows}
+    _write(json_path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# update: compute vs allreduce, 1 process vs N ranks
+# ---------------------------------------------------------------------------------------
+
+UPDATE_CASES: list[tuple[str, tuple[int, ...], str, int, tuple[int, ...], int]] = [
+    ("mlp", (4,), "float32", 2, (128, 128), 64),
+    ("mlp", (4,), "float32", 2, (128, 128), 256),
+    ("nature", (4, 84, 84), "uint8", 6, (512,), 32),
+]
+
+
+def _time_update_case(
+    case: tuple, world: Any, rng: np.random.Generator, fused: int
+) -> dict[str, Any]:
+    """ms per update with and without the allreduce, for one network and batch."""
+    from hvd_dqn import distributed
+    from hvd_dqn.config import LearnerConfig, NetworkConfig
+    from hvd_dqn.learner import Learner
+    from hvd_dqn.replay import Batch
+
+    torso, shape, dtype, actions, hidden, batch = case
+    net = NetworkConfig(torso=torso, hidden=hidden, dueling=torso == "mlp")
+    cfg = LearnerConfig(batch_size=batch)
+    both = Learner(
+        shape,
+        np.dtype(dtype),
+        actions,
+        net,
+        cfg,
+        seed=0,
+        world_size=world.size,
+        reduce_gradients=distributed.average_gradients,
+    )
+    compute_only = Learner(shape, np.dtype(dtype), actions, net, cfg, seed=0)
+    batches = []
+    for _ in range(fused):
+        obs = (
+            rng.integers(0, 255, size=(batch, *shape))
+            if dtype == "uint8"
+            else rng.normal(size=(batch, *shape))
+        ).astype(dtype)
+        batches.append(
+            Batch(
+                obs,
+                rng.integers(actions, size=batch).astype(np.int32),
+                rng.normal(size=batch).astype(np.float32),
+                np.full(batch, 0.99, np.float32),
+                obs.copy(),
+                np.ones(batch, np.float32),
+                np.zeros(batch, np.int64),
+            )
+        )
+    repeats, number = (3, 2) if torso == "nature" else (5, 25)
+    t_full = _median_time(lambda: both.update(batches), repeats, number) / fused
+    t_compute = _median_time(lambda: compute_only.update(batches), repeats, number) / fused
+    t_alone = _median_time(both.time_allreduce, repeats, number * 4)
+    return {
+        "network": torso,
+        "batch": batch,
+        "ranks": world.size,
+        "updates_per_s": 1.0 / t_full,
+        "ms_per_update": 1e3 * t_full,
+        "ms_compute": 1e3 * t_compute,
+        "ms_allreduce": 1e3 * max(0.0, t_full - t_compute),
+        "ms_allreduce_alone": 1e3 * t_alone if world.size > 1 else 0.0,
+        "params": sum(int(np.prod(w.shape)) for w in both.online.weights),
+    }
+
+
+def update_worker(out: str | None, fused: int = 4) -> list[dict[str, Any]]:
+    """Time updates in this process's world (1 process, or a rank under horovodrun)."""
+    from hvd_dqn import distributed
+
+    world = distributed.init(threads=1)
+    rng = np.random.default_rng(world.rank)
+    rows = [_time_update_case(case, world, rng, fused) for case in UPDATE_CASES]
+    if world.is_chief and out:
+        Path(out).write_text(json.dumps(rows))
+    distributed.shutdown()
+    return rows
+
+
+def bench_update(json_path: str | None, np_: int = 2) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        one = Path(tmp) / "one.json"
+        many = Path(tmp) / "many.json"
+        subprocess.run(
+            [str(BIN / "hvd-dqn"), "bench", "update-worker", "--json", str(one)],
+            check=True,
+            env=_quiet_env(),
+            capture_output=True,
+        )
+        _horovodrun(np_, ["bench", "update-worker", "--json", str(many)])
+        rows = json.loads(one.read_text()) + json.loads(many.read_text())
+    for row in rows:
+        if row["ranks"] > 1:
+            base = next(
+                r
+                for r in rows
+                if r["ranks"] == 1 and r["network"] == row["network"] and r["batch"] == row["batch"]
+            )
+            row["vs_1_process"] = f"{100 * row['updates_per_s'] / base['updates_per_s']:.0f}%"
+    print(
+        _table(
+            rows,
+            [
+                "network",
+                "batch",
+                "ranks",
+                "updates_per_s",
+                "ms_per_update",
+                "ms_compute",
+                "ms_allreduce",
+                "vs_1_process",
+            ],
+        )
+    )
+    result = {"bench": "update", "fused_updates_per_call": 4, "threads_per_rank": 1, "rows": rows}
+    _write(json_path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# scaling and solve: real training runs
+# ---------------------------------------------------------------------------------------
+
+
+def _train_run(np_: int, run_dir: Path, args: list[str]) -> tuple[dict[str, Any], float]:
+    t0 = time.perf_counter()
+    _horovodrun(np_, ["train", "--run-dir", str(run_dir), "--no-progress", *args])
+    seconds = time.perf_counter() - t0
+    return json.loads((run_dir / "summary.json").read_text()), seconds
+
+
+def bench_scaling(
+    json_path: str | None, ranks: Sequence[int] = (1, 2), steps_per_rank: int = 20_000
+) -> dict[str, Any]:
+    """Weak scaling: the same work per rank (env steps, updates per env step)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in ranks:
+            run = Path(tmp) / f"np{p}"
+            summary, _ = _train_run(
+                p,
+                run,
+                [
+                    "--total-steps",
+                    str(steps_per_rank * p),
+                    "--set",
+                    "run.stop_at_return=none",
+                    "--set",
+                    "run.eval_every=0",
+                    "--set",
+                    "run.eval_episodes=2",
+                    "--set",
+                    "learner.learning_starts=0",
+                    "--set",
+                    f"run.log_every={10**9}",
+                ],
+            )
+            train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            t = train[-2] if train[-1]["kind"] == "eval" else train[-1]
+            seconds = summary["train_seconds"]
+            rows.append(
+                {
+                    "ranks": p,
+                    "env_steps": summary["env_steps"],
+                    "train_seconds": seconds,
+                    "env_steps_per_s": summary["env_steps"] / seconds,
+                    "updates_per_s_all_ranks": summary["updates"] * p / seconds,
+                    "allreduce_share": t.get("allreduce_share", 0.0),
+                }
+            )
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = r["env_steps_per_s"] / base["env_steps_per_s"]
+        r["weak_scaling_efficiency"] = r["speedup"] / (r["ranks"] / base["ranks"])
+    print(
+        _table(
+            rows,
+            [
+                "ranks",
+                "env_steps",
+                "train_seconds",
+                "env_steps_per_s",
+                "updates_per_s_all_ranks",
+                "speedup",
+                "weak_scaling_efficiency",
+            ],
+        )
+    )
+    result = {
+        "bench": "scaling",
+        "preset": "cartpole",
+        "steps_per_rank": steps_per_rank,
+        "rows": rows,
+    }
+    _write(json_path, result)
+    return result
+
+
+def bench_solve(
+    json_path: str | None,
+    seeds: Sequence[int],
+    np_: int = 2,
+    config: str = "cartpole",
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Time and env steps until the greedy evaluation mean reaches the preset's target."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            run = Path(tmp) / f"seed{seed}"
+            summary, process_seconds = _train_run(
+                np_, run, ["--config", config, "--seed", str(seed), *extra]
+            )
+            solved = summary["solved_at_env_steps"] is not None
+            runs.append(
+                {
+                    "seed": seed,
+                    "solved": solved,
+                    "env_steps": summary["solved_at_env_steps"] or summary["env_steps"],
+                    "train_seconds": summary["train_seconds"],
+                    "process_seconds": round(process_seconds, 3),
+                    "final_eval_mean": summary["final_eval"].get("return_mean"),
+                }
+            )
+    result = {
+        "bench": "solve",
+        "config": config,
+        "np": np_,
+        "runs": runs,
+        "median_train_seconds": statistics.median(r["train_seconds"] for r in runs),
+        "median_env_steps": statistics.median(r["env_steps"] for r in runs),
+        "median_process_seconds": statistics.median(r["process_seconds"] for r in runs),
+        "all_solved": all(r["solved"] for r in runs),
+    }
+    print(
+        _table(
+            runs,
+            ["seed", "solved", "env_steps", "train_seconds", "process_seconds", "final_eval_mean"],
+        )
+    )
+    print(
+        f"median: {result['median_train_seconds']:.1f} s training, "
+        f"{result['median_env_steps']:,.0f} env steps, "
+        f"{result['median_process_seconds']:.1f} s process wall-clock"
+    )
+    _write(json_path, result)
+    return result
