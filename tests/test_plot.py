@@ -1,0 +1,54 @@
+"""`hvd-dqn plot` draws PNGs from real run directories and bench JSON; bad paths fail cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import hvd_dqn
+
+
+def test_plot_curves_and_scaling(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = hvd_dqn(
+        [
+            "train",
+            "--total-steps",
+            "1500",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--set",
+            "run.eval_every=500",
+            "--set",
+            "run.eval_episodes=2",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scaling = tmp_path / "scaling.json"
+    scaling.write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"ranks": 1, "env_steps_per_s": 1000.0, "weak_scaling_efficiency": 1.0},
+                    {"ranks": 2, "env_steps_per_s": 1800.0, "weak_scaling_efficiency": 0.9},
+                ]
+            }
+        )
+    )
+    out = tmp_path / "curves.png"
+    proc = hvd_dqn(["plot", str(run), "--scaling", str(scaling), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for png in (out, tmp_path / "curves-scaling.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plot_and_bench_refuse_bad_input(tmp_path: Path) -> None:
+    proc = hvd_dqn(["plot", str(tmp_path)])
+    assert proc.returncode == 2 and "not a run directory (no metrics.jsonl)" in proc.stderr
+    proc = hvd_dqn(["bench", "solve", "--seeds", "a,b"])
+    assert proc.returncode == 2 and "--seeds 'a,b': expected comma-separated integers" in (
+        proc.stderr
+    )
+    proc = hvd_dqn(["bench", "solve", "--set", "learner.lr=0"])
+    assert proc.returncode == 2 and "learner.lr=0.0: must be > 0.0" in proc.stderr
