@@ -96,7 +96,7 @@ class Replay:
         prioritized: bool = False,
         alpha: float = 0.6,
         priority_eps: float = 1e-6,
-        seed: int = 0,
+        seed: int | list[int] = 0,
     ) -> None:
         self.lane = capacity // num_envs
         if self.lane < n_step + stack + 2:

@@ -107,7 +107,7 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
         prioritized=cfg.replay.prioritized,
         alpha=cfg.replay.alpha,
         priority_eps=cfg.replay.priority_eps,
-        seed=cfg.run.seed * 7919 + world.rank,
+        seed=[cfg.run.seed, world.rank, 2],  # its own stream on every rank
     )
     learner = Learner(
         obs_shape,
@@ -138,6 +138,7 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
     window = Window()
     last_eval: dict[str, float] = {}
     solved_at: int | None = None
+    last_logged = 0
     t_train = time.perf_counter()
 
     for it in range(iterations):
@@ -205,9 +206,12 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
                 log.write("train", step_global, row)
                 log.progress(step_global, ret=row["episode_return"], sps=row["env_steps_per_s"])
             window = Window()
+            last_logged = step_global
         eval_now = cfg.run.eval_every and _crossed(step_global, per_iter, cfg.run.eval_every)
         if eval_now or last:
+            t_eval = time.perf_counter()
             last_eval = _evaluate(cfg, learner, world)
+            window.start += time.perf_counter() - t_eval  # throughput excludes evaluation
             if log:
                 log.write("eval", step_global, last_eval)
                 log.message(
@@ -226,6 +230,11 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
         if solved_at is not None:
             break
 
+    if last_logged != step_global:  # stopped early: close the last window (collective)
+        row = _log_point(window, learner, world, eps)
+        if log:
+            log.write("train", step_global, row)
+            log.progress(step_global)
     train_seconds = time.perf_counter() - t_train
     envs.close()
     summary = {

@@ -128,3 +128,27 @@ def test_two_ranks_train_end_to_end(
     assert "[1,1]<stdout>" not in proc.stdout  # rank 1 is silent
     proc = hvd_dqn(["evaluate", str(run / "model"), "--episodes", "1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_stop_at_return_ends_the_run_at_the_first_good_evaluation(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = hvd_dqn(
+        [
+            "train",
+            "--total-steps",
+            "50000",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--set",
+            "run.eval_every=1000",
+            "--set",
+            "run.eval_episodes=2",
+            "--set",
+            "run.stop_at_return=5",
+        ]
+    )  # any policy lasts 5 steps
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _check_run_dir(run, 1000)
+    assert summary["solved_at_env_steps"] == summary["env_steps"] == 1000
+    assert _rows(run, "eval")[-1]["return_mean"] >= 5
