@@ -333,12 +333,16 @@ def bench_solve(
     np_: int = 2,
     config: str = "cartpole",
     extra: Sequence[str] = (),
+    keep: str | None = None,
 ) -> dict[str, Any]:
-    """Time and env steps until the greedy evaluation mean reaches the preset's target."""
+    """Time and env steps until the greedy evaluation mean reaches the preset's target.
+
+    keep: a directory to keep the runs in (seed<N>/ each), e.g. for `hvd-dqn plot`.
+    """
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            run = Path(tmp) / f"seed{seed}"
+            run = Path(keep or tmp) / f"seed{seed}"
             summary, process_seconds = _train_run(
                 np_, run, ["--config", config, "--seed", str(seed), *extra]
             )

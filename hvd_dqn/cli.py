@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--np", type=int, default=2, help="ranks for multi-rank runs (2)")
     bench.add_argument("--seeds", default="0,1,2", help="solve: comma-separated seeds")
     bench.add_argument("--config", default="cartpole", help="solve: preset or YAML")
+    bench.add_argument("--keep", metavar="DIR", help="solve: keep the runs in DIR/seed<N>")
     bench.add_argument(
         "--set",
         dest="overrides",
@@ -160,7 +161,7 @@ def _bench(args: argparse.Namespace) -> int:
             return _fail(f"--seeds {args.seeds!r}: expected comma-separated integers", EXIT_USAGE)
         load(args.config, args.overrides)  # refuse a bad config before any run starts
         extra = [f"--set={o}" for o in args.overrides]
-        bench.bench_solve(args.json, seeds, args.np, args.config, extra)
+        bench.bench_solve(args.json, seeds, args.np, args.config, extra, args.keep)
     return 0
 
 

@@ -163,20 +163,9 @@ class Learner(tf.Module):
         polyak(self.target.weights, self.online.weights, self.cfg.tau)
         return tf.constant(True)
 
-    def _update(
-        self,
-        obs_tm1: tf.Tensor,
-        a_tm1: tf.Tensor,
-        r_t: tf.Tensor,
-        discount_t: tf.Tensor,
-        obs_t: tf.Tensor,
-        weights: tf.Tensor,
-    ) -> tuple:
-        """K fused updates; every input is [K, B, ...] (K is static)."""
-        outs = [
-            self._one_update(obs_tm1[k], a_tm1[k], r_t[k], discount_t[k], obs_t[k], weights[k])
-            for k in range(obs_tm1.shape[0])
-        ]
+    def _update(self, *stacked: tf.Tensor) -> tuple:
+        """K fused updates; the inputs are Batch's first six fields, each [K, B, ...]."""
+        outs = [self._one_update(*(x[k] for x in stacked)) for k in range(stacked[0].shape[0])]
         loss, q, norm, td = (tf.stack(x) for x in zip(*outs, strict=True))
         return tf.reduce_mean(loss), tf.reduce_mean(q), tf.reduce_mean(norm), td
 
