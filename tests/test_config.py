@@ -58,8 +58,8 @@ def test_overrides_are_typed() -> None:
         ("learner.lr", "expected section.field=value"),
         ("replay.capacity=16", "config field replay.capacity=16: must hold at least"),
         (
-            "exploration.eps_start=0.01",
-            "exploration.eps_end=0.02: must be <= exploration.eps_start",
+            "exploration.eps_start=0.005",
+            "exploration.eps_end=0.01: must be <= exploration.eps_start",
         ),
         ("learner.lr=nan", "config field learner.lr=nan: must be a finite number"),
     ],

@@ -58,6 +58,8 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
             "run.eval_episodes=3",
             "--set",
             "run.log_every=1000",
+            "--set",
+            "run.stop_at_return=none",
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
