@@ -178,9 +178,14 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("run.progress=false")
     cfg = load(args.config, overrides)  # validated before TensorFlow or Horovod load
 
-    from hvd_dqn import distributed
-    from hvd_dqn.train import TrainingError, train
-
+    try:
+        from hvd_dqn import distributed
+        from hvd_dqn.train import TrainingError, train
+    except Exception as exc:  # e.g. HorovodVersionMismatchError after a TensorFlow change
+        return _fail(
+            f"cannot load Horovod/TensorFlow ({type(exc).__name__}: {exc}); "
+            f"run `hvd-dqn doctor`, rebuild with `bash docker/install.sh`"
+        )
     try:
         world = distributed.init(
             expect_size=args.expect_world_size, threads=cfg.run.threads or None
