@@ -81,6 +81,7 @@ def _horovodrun(np_: int, args: list[str], timeout: float = 1800) -> subprocess.
 def bench_act(json_path: str | None, steps: int = 2000) -> dict[str, Any]:
     from hvd_dqn import distributed
     from hvd_dqn.config import EnvConfig, NetworkConfig
+    from hvd_dqn.dqn import epsilon_greedy
     from hvd_dqn.envs import env_seeds, make_vector_env, reset
     from hvd_dqn.networks import QNetwork
 
@@ -107,9 +108,7 @@ def bench_act(json_path: str | None, steps: int = 2000) -> dict[str, Any]:
             obs, *_ = envs.step(greedy(obs).numpy())
         t0 = time.perf_counter()
         for _ in range(iters):
-            chosen = greedy(obs).numpy()
-            explore = rng.random(n) < 0.05
-            obs, *_ = envs.step(np.where(explore, rng.integers(actions, size=n), chosen))
+            obs, *_ = envs.step(epsilon_greedy(greedy(obs).numpy(), actions, 0.05, rng))
         seconds = time.perf_counter() - t0
         envs.close()
         rows.append(

@@ -263,6 +263,12 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config file {path}:{where} is not valid YAML") from None
 
 
+def _merge_preset(base: dict[str, dict[str, Any]], name: str) -> None:
+    """Merge the preset shipped as hvd_dqn/presets/NAME.yaml into `base`."""
+    text = resources.files("hvd_dqn").joinpath(f"presets/{name}.yaml").read_text()
+    _merge(base, yaml.safe_load(text) or {}, f"preset {name}")
+
+
 def load(source: str = "cartpole", overrides: Iterable[str] = ()) -> Config:
     """A validated Config from a preset name or a YAML file, then `section.field=value`s.
 
@@ -270,8 +276,7 @@ def load(source: str = "cartpole", overrides: Iterable[str] = ()) -> Config:
     """
     base: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
     if source in PRESETS:
-        text = resources.files("hvd_dqn").joinpath(f"presets/{source}.yaml").read_text()
-        _merge(base, yaml.safe_load(text) or {}, f"preset {source}")
+        _merge_preset(base, source)
     else:
         path = Path(source)
         if not path.exists():
@@ -285,8 +290,7 @@ def load(source: str = "cartpole", overrides: Iterable[str] = ()) -> Config:
                 raise ConfigError(
                     f"config file {path}: preset {parent!r} is not one of {', '.join(PRESETS)}"
                 )
-            text = resources.files("hvd_dqn").joinpath(f"presets/{parent}.yaml").read_text()
-            _merge(base, yaml.safe_load(text) or {}, f"preset {parent}")
+            _merge_preset(base, parent)
         _merge(base, data, f"config file {path}")
     for item in overrides:
         key, sep, raw = item.partition("=")

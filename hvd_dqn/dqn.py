@@ -23,16 +23,18 @@ def linear_schedule(start: float, end: float, duration: int, t: int | float) -> 
     return start + (end - start) * fraction
 
 
-def epsilon_greedy(q: np.ndarray, eps: float, rng: np.random.Generator) -> np.ndarray:
-    """argmax_a q[b, a] for each row, replaced by a uniform random action w.p. eps.
+def epsilon_greedy(
+    greedy: np.ndarray, num_actions: int, eps: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Each greedy action (argmax_a Q, computed where Q lives) replaced by a uniform
+    random one of num_actions with probability eps.
 
-    q: [B, A]. Returns int64 [B].
+    greedy: [B] ints. Returns [B].
     """
-    greedy = np.argmax(q, axis=1)
     if eps <= 0.0:
         return greedy
-    explore = rng.random(q.shape[0]) < eps
-    return np.where(explore, rng.integers(q.shape[1], size=q.shape[0]), greedy)
+    explore = rng.random(greedy.shape[0]) < eps
+    return np.where(explore, rng.integers(num_actions, size=greedy.shape[0]), greedy)
 
 
 def n_step_returns(

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from hvd_dqn.config import ConfigError, EnvConfig
+from hvd_dqn.dqn import epsilon_greedy
 
 MAX_ENVS_PER_RANK = 4096
 MAX_RANKS = 1 << 20
@@ -155,10 +156,7 @@ def run_episodes(
         running = np.ones(n, dtype=bool)
         num_actions = int(envs.single_action_space.n)  # type: ignore[attr-defined]
         while running.any():
-            actions = np.asarray(act(obs))
-            if eps > 0:
-                explore = rng.random(n) < eps
-                actions = np.where(explore, rng.integers(num_actions, size=n), actions)
+            actions = epsilon_greedy(np.asarray(act(obs)), num_actions, eps, rng)
             obs, rewards, terminated, truncated, _ = envs.step(actions)
             returns += np.where(running, rewards, 0.0)
             lengths += running

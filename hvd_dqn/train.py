@@ -31,7 +31,7 @@ import tensorflow as tf
 from hvd_dqn import distributed
 from hvd_dqn.config import Config, run_dir, to_yaml
 from hvd_dqn.distributed import World
-from hvd_dqn.dqn import linear_schedule
+from hvd_dqn.dqn import epsilon_greedy, linear_schedule
 from hvd_dqn.envs import env_seeds, frame_stack, make_vector_env, reset
 from hvd_dqn.evaluate import evaluate, export_policy
 from hvd_dqn.learner import ExportedPolicy, Learner
@@ -138,7 +138,6 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
     window = Window()
     last_eval: dict[str, float] = {}
     solved_at: int | None = None
-    last_logged = 0
     t_train = time.perf_counter()
 
     for it in range(iterations):
@@ -149,9 +148,7 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
             cfg.exploration.eps_decay_steps,
             step_global,
         )
-        greedy = learner.greedy(obs).numpy()
-        explore = rng.random(E) < eps
-        actions = np.where(explore, rng.integers(num_actions, size=E), greedy)
+        actions = epsilon_greedy(learner.greedy(obs).numpy(), num_actions, eps, rng)
         next_obs, rewards, terminated, truncated, info = envs.step(actions)
 
         # -- store: raw rewards for reporting, clipped for learning ------------------
@@ -197,16 +194,6 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
 
         # -- log, evaluate, checkpoint: the same iterations on every rank ------------
         last = it == iterations - 1
-        if _crossed(step_global, per_iter, cfg.run.log_every) or last:
-            row = _log_point(window, learner, world, eps)
-            if not math.isfinite(row["loss"]) and window.updates:
-                # Averaged over ranks, so a NaN on any rank is a NaN here, on every rank.
-                raise TrainingError(f"non-finite loss at env step {step_global}")
-            if log:
-                log.write("train", step_global, row)
-                log.progress(step_global, ret=row["episode_return"], sps=row["env_steps_per_s"])
-            window = Window()
-            last_logged = step_global
         eval_now = cfg.run.eval_every and _crossed(step_global, per_iter, cfg.run.eval_every)
         if eval_now or last:
             t_eval = time.perf_counter()
@@ -222,6 +209,16 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
             reached = target is not None and last_eval["return_mean"] >= target
             if distributed.any_rank(reached):  # collective: every rank stops here
                 solved_at = step_global
+        # Log after any stop decision, so the last window is always written.
+        if _crossed(step_global, per_iter, cfg.run.log_every) or last or solved_at is not None:
+            row = _log_point(window, learner, world, eps)
+            if not math.isfinite(row["loss"]) and window.updates:
+                # Averaged over ranks, so a NaN on any rank is a NaN here, on every rank.
+                raise TrainingError(f"non-finite loss at env step {step_global}")
+            if log:
+                log.write("train", step_global, row)
+                log.progress(step_global, ret=row["episode_return"], sps=row["env_steps_per_s"])
+            window = Window()
         every = cfg.run.checkpoint_every
         save_now = bool(every) and _crossed(step_global, per_iter, every)
         if world.is_chief and (save_now or last or solved_at is not None):
@@ -230,11 +227,6 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
         if solved_at is not None:
             break
 
-    if last_logged != step_global:  # stopped early: close the last window (collective)
-        row = _log_point(window, learner, world, eps)
-        if log:
-            log.write("train", step_global, row)
-            log.progress(step_global)
     train_seconds = time.perf_counter() - t_train
     envs.close()
     summary = {

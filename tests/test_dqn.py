@@ -68,9 +68,9 @@ def test_linear_schedule() -> None:
 
 def test_epsilon_greedy() -> None:
     rng = np.random.default_rng(0)
-    q = np.array([[0.0, 1.0, 0.5]] * 10_000)
-    assert (epsilon_greedy(q, 0.0, rng) == 1).all()
-    actions = epsilon_greedy(q, 0.3, rng)
+    greedy = np.argmax(np.array([[0.0, 1.0, 0.5]] * 10_000), axis=1)
+    assert (epsilon_greedy(greedy, 3, 0.0, rng) == 1).all()
+    actions = epsilon_greedy(greedy, 3, 0.3, rng)
     # greedy w.p. 0.7 + 0.3/3; each other action 0.1
     assert np.mean(actions == 1) == pytest.approx(0.8, abs=0.015)
     assert np.mean(actions == 0) == pytest.approx(0.1, abs=0.015)
