@@ -50,6 +50,12 @@ def hvd_dqn(
     )
 
 
+def train_one_process(run: Path, total_steps: int, *sets: str) -> subprocess.CompletedProcess[str]:
+    """`hvd-dqn train` as one process into `run`, with `--set` overrides."""
+    args = ["train", "--total-steps", str(total_steps), "--run-dir", str(run), "--no-progress"]
+    return hvd_dqn(args + [f"--set={s}" for s in sets])
+
+
 @pytest.fixture
 def worker() -> Path:
     return WORKERS

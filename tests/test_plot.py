@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import hvd_dqn
+from conftest import hvd_dqn, train_one_process
 
 
 def test_plot_curves_and_scaling(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = hvd_dqn(
-        [
-            "train",
-            "--total-steps",
-            "1500",
-            "--run-dir",
-            str(run),
-            "--no-progress",
-            "--set",
-            "run.eval_every=500",
-            "--set",
-            "run.eval_episodes=2",
-        ]
-    )
+    proc = train_one_process(run, 1500, "run.eval_every=500", "run.eval_episodes=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     scaling = tmp_path / "scaling.json"
     scaling.write_text(

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import BIN, horovodrun, hvd_dqn
+from conftest import BIN, horovodrun, hvd_dqn, train_one_process
 
 
 def _rows(run: Path, kind: str) -> list[dict]:
@@ -46,21 +46,8 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
 
 def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = hvd_dqn(
-        [
-            "train",
-            "--total-steps",
-            "3000",
-            "--run-dir",
-            str(run),
-            "--no-progress",
-            "--set",
-            "run.eval_episodes=3",
-            "--set",
-            "run.log_every=1000",
-            "--set",
-            "run.stop_at_return=none",
-        ]
+    proc = train_one_process(
+        run, 3000, "run.eval_episodes=3", "run.log_every=1000", "run.stop_at_return=none"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, 3000)
@@ -134,21 +121,8 @@ def test_two_ranks_train_end_to_end(
 
 def test_stop_at_return_ends_the_run_at_the_first_good_evaluation(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = hvd_dqn(
-        [
-            "train",
-            "--total-steps",
-            "50000",
-            "--run-dir",
-            str(run),
-            "--no-progress",
-            "--set",
-            "run.eval_every=1000",
-            "--set",
-            "run.eval_episodes=2",
-            "--set",
-            "run.stop_at_return=5",
-        ]
+    proc = train_one_process(
+        run, 50000, "run.eval_every=1000", "run.eval_episodes=2", "run.stop_at_return=5"
     )  # any policy lasts 5 steps
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, 1000)
