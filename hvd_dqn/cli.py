@@ -1,6 +1,7 @@
 """`hvd-dqn`: the only place that reads argv. Parses, sets up, calls the work.
 
     hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
+    hvd-dqn train --resume RUN_DIR [--total-steps N]
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E]
     hvd-dqn bench {act,update,scaling,solve} [--json FILE]
     hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
@@ -52,8 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a DQN agent (data-parallel under a launcher)")
     train.add_argument(
         "--config",
-        default="cartpole",
         help=f"a preset ({', '.join(PRESETS)}) or a YAML file (default cartpole)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="go on from RUN_DIR's newest checkpoint with RUN_DIR/config.yaml "
+        "(only --total-steps may change)",
     )
     train.add_argument(
         "--set",
@@ -165,6 +171,9 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_RESUMABLE = ("run.total_steps=", "run.progress=")
+
+
 def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     flags = {
@@ -176,7 +185,21 @@ def _train(args: argparse.Namespace) -> int:
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.no_progress:
         overrides.append("run.progress=false")
-    cfg = load(args.config, overrides)  # validated before TensorFlow or Horovod load
+    source = args.config or "cartpole"
+    if args.resume:
+        changed = [o.split("=")[0] for o in overrides if not o.startswith(_RESUMABLE)]
+        if args.config or changed:
+            what = ", ".join((["--config"] if args.config else []) + changed)
+            return _fail(
+                f"--resume {args.resume}: the run's config.yaml is used as it is; "
+                f"only --total-steps may change (got {what})",
+                EXIT_USAGE,
+            )
+        source = str(Path(args.resume) / "config.yaml")
+        if not Path(source).is_file():
+            return _fail(f"--resume {args.resume}: no config.yaml there (not a run directory)")
+        overrides.append(f"run.run_dir={args.resume}")
+    cfg = load(source, overrides)  # validated before TensorFlow or Horovod load
 
     try:
         from hvd_dqn import distributed
@@ -193,7 +216,7 @@ def _train(args: argparse.Namespace) -> int:
     except distributed.WorldError as exc:
         return _fail(str(exc))
     try:
-        train(cfg, world)
+        train(cfg, world, resume=bool(args.resume))
     except (distributed.WorldError, TrainingError, ConfigError, FileExistsError) as exc:
         # Every rank raises; rank 0 speaks for all.
         if world.is_chief:

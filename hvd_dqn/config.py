@@ -139,7 +139,7 @@ class ExplorationConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, hi=2**32 - 1)
     """Seeds the network (same on all ranks) and the envs and replay (different per rank)."""
     total_steps: int = _f(100_000, lo=1)
     """Env steps to train for, summed over all ranks."""
@@ -153,8 +153,9 @@ class RunConfig:
     """Episodes per evaluation, split across ranks."""
     stop_at_return: float | None = None
     """Stop as soon as an evaluation's mean return reaches this (None: never)."""
-    checkpoint_every: int = _f(0, lo=0)
-    """Env steps (all ranks) between checkpoints (0: only at the end)."""
+    checkpoint_every: int = _f(50_000, lo=0)
+    """Env steps (all ranks) between checkpoints, the points `train --resume` restarts
+    from (0: only at the end)."""
     progress: bool = True
     """A progress bar on rank 0."""
     threads: int = _f(0, lo=0, hi=256)

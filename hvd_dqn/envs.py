@@ -23,22 +23,28 @@ from hvd_dqn.dqn import epsilon_greedy
 
 MAX_ENVS_PER_RANK = 4096
 MAX_RANKS = 1 << 20
+MAX_SEED = 1 << 32
 
 
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
-def env_seeds(seed: int, rank: int, num_envs: int) -> list[int]:
-    """A distinct seed for each (seed, rank, env index): 2 * ((seed * R + rank) * E + i).
+def env_seeds(seed: int, rank: int, num_envs: int, segment: int = 0) -> list[int]:
+    """A distinct seed for each (seed, rank, env index, segment):
+    2 * (((segment * S + seed) * R + rank) * E + i).
 
-    Distinct by construction for every rank < R = 2**20 and env index < E = 4096, so no
-    two envs anywhere in a run share a random stream; even, so they never meet the odd
-    evaluation seeds (evaluate.eval_seed).
+    Distinct by construction for every seed < S = 2**32, rank < R = 2**20 and env index
+    < E = 4096, so no two envs anywhere in a run share a random stream; even, so they
+    never meet the odd evaluation seeds (evaluate.eval_seed). `segment` is the env step
+    a resumed run restarts from (0 for a fresh run): a resumed run does not replay the
+    episodes it began with.
     """
-    if num_envs > MAX_ENVS_PER_RANK or rank >= MAX_RANKS:
-        raise ConfigError(f"env seeds: num_envs {num_envs} or rank {rank} out of range")
-    base = (seed * MAX_RANKS + rank) * MAX_ENVS_PER_RANK
+    if num_envs > MAX_ENVS_PER_RANK or rank >= MAX_RANKS or not 0 <= seed < MAX_SEED:
+        raise ConfigError(
+            f"env seeds: num_envs {num_envs}, rank {rank} or seed {seed} out of range"
+        )
+    base = ((segment * MAX_SEED + seed) * MAX_RANKS + rank) * MAX_ENVS_PER_RANK
     return [2 * (base + i) for i in range(num_envs)]
 
 

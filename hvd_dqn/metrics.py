@@ -28,7 +28,10 @@ def atomic_write(path: Path, text: str) -> None:
 class RunLog:
     """metrics.jsonl + TensorBoard + progress bar, for rank 0."""
 
-    def __init__(self, run_dir: Path, total_steps: int, progress: bool) -> None:
+    def __init__(
+        self, run_dir: Path, total_steps: int, progress: bool, wall_offset: float = 0.0
+    ) -> None:
+        """wall_offset: seconds already logged in run_dir (a resumed run goes on from them)."""
         self.run_dir = run_dir
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
         self.tb = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
@@ -40,7 +43,7 @@ class RunLog:
             disable=not progress,
             mininterval=1.0,
         )
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() - wall_offset
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         row = {

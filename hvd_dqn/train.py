@@ -9,7 +9,7 @@ A run directory (rank 0 writes it) holds:
     config.yaml        the resolved config (load it with --config to rerun)
     metrics.jsonl      one JSON line per log/eval point, averaged over ranks
     tensorboard/       the same scalars as TensorBoard events
-    checkpoints/       tf.train.Checkpoint of learner and counters
+    checkpoints/       tf.train.Checkpoint of learner and counters (`train --resume`)
     model/             the exported greedy policy (`hvd-dqn evaluate RUN_DIR`)
     summary.json       written last: final evaluation, steps, wall-clock
 """
@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_dqn import distributed
-from hvd_dqn.config import Config, run_dir, to_yaml
+from hvd_dqn.config import Config, ConfigError, run_dir, to_yaml
 from hvd_dqn.distributed import World
 from hvd_dqn.dqn import epsilon_greedy, linear_schedule
 from hvd_dqn.envs import env_seeds, frame_stack, make_vector_env, reset
@@ -78,18 +78,46 @@ def choose_run_dir(cfg: Config) -> Path:
     return path
 
 
-def train(cfg: Config, world: World) -> dict[str, Any]:
-    """Train per `cfg` on this rank as part of `world`; returns the final summary."""
+def restore(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> int:
+    """Load the newest checkpoint into `checkpoint`; returns its env step count."""
+    path = manager.latest_checkpoint
+    if path is None:
+        raise FileNotFoundError(f"{manager.directory}: no checkpoint to resume from")
+    checkpoint.restore(path).assert_existing_objects_matched()
+    return int(checkpoint.env_steps.numpy())
+
+
+def drop_rows_after(metrics: Path, step: int) -> float:
+    """Keep the metrics.jsonl rows up to env step `step` (the later ones will be
+    written again); returns the last kept row's wall_seconds."""
+    kept = [
+        line
+        for line in metrics.read_text().splitlines()
+        if line.strip() and json.loads(line)["env_steps"] <= step
+    ]
+    atomic_write(metrics, "".join(line + "\n" for line in kept))
+    return float(json.loads(kept[-1])["wall_seconds"]) if kept else 0.0
+
+
+def train(cfg: Config, world: World, resume: bool = False) -> dict[str, Any]:
+    """Train per `cfg` on this rank as part of `world`; returns the final summary.
+
+    resume: go on from the newest checkpoint in run.run_dir (an earlier run of `cfg`,
+    stopped or crashed) until run.total_steps. The learner (weights, target, optimizer
+    state, update count) and the env step count are restored; the replay is not saved,
+    so each rank refills it with learner.learning_starts env steps before updating.
+    """
     t_process = time.perf_counter()
     # Horovod (host side): every rank must train the same config.
     distributed.check_same("config", distributed.config_digest(to_yaml(cfg)))
     # Rank 0 picks the run directory; everyone uses its choice.
-    out = Path(distributed.allgather_object(str(choose_run_dir(cfg)) if world.is_chief else "")[0])
+    chosen = str(run_dir(cfg) if resume else choose_run_dir(cfg)) if world.is_chief else ""
+    out = Path(distributed.allgather_object(chosen)[0])
     E, p = cfg.env.num_envs, world.size
     envs = distributed.run_collectively(
         lambda: make_vector_env(cfg.env, E), "creating the environments"
     )
-    if world.is_chief:  # only once the envs exist: a bad env id leaves nothing behind
+    if world.is_chief and not resume:  # only once the envs exist: a bad env id leaves nothing
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", to_yaml(cfg))
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
@@ -119,17 +147,36 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
         world_size=p,
         reduce_gradients=partial(distributed.average_gradients, fp16=cfg.learner.fp16_allreduce),
     )
-    # Horovod: start from rank 0's weights and optimizer state.
-    distributed.broadcast_variables(learner.state)
     checkpoint = tf.train.Checkpoint(learner=learner, env_steps=tf.Variable(0, dtype=tf.int64))
     manager = tf.train.CheckpointManager(checkpoint, str(out / "checkpoints"), max_to_keep=2)
-    log = RunLog(out, cfg.run.total_steps, cfg.run.progress) if world.is_chief else None
+    start = 0  # env steps (all ranks) already trained
+    if resume:  # rank 0 reads the checkpoint; the broadcast below hands it to all
+        found = distributed.run_collectively(
+            lambda: restore(manager, checkpoint) if world.is_chief else 0,
+            "restoring the checkpoint",
+        )
+        start = int(distributed.allgather_object(found)[0])
+        if start >= cfg.run.total_steps:
+            raise ConfigError(
+                f"run.total_steps={cfg.run.total_steps}: the run in {out} is already at "
+                f"{start} env steps; pass a larger --total-steps to go on"
+            )
+    # Horovod: start from rank 0's weights and optimizer state.
+    distributed.broadcast_variables(learner.state)
+    log = None
+    if world.is_chief:
+        wall = 0.0
+        if resume:  # only now that the checkpoint loaded: a failed resume changes nothing
+            atomic_write(out / "config.yaml", to_yaml(cfg))  # its new total_steps
+            wall = drop_rows_after(out / "metrics.jsonl", start)
+        log = RunLog(out, cfg.run.total_steps, cfg.run.progress, wall_offset=wall)
 
-    rng = np.random.default_rng([cfg.run.seed, world.rank, 1])
-    obs = reset(envs, env_seeds(cfg.run.seed, world.rank, E))
-    step_global = 0  # env steps so far, all ranks together
+    rng = np.random.default_rng([cfg.run.seed, world.rank, 1, start])
+    obs = reset(envs, env_seeds(cfg.run.seed, world.rank, E, segment=start))
+    step_global = start  # env steps so far, all ranks together
+    learn_from = start + cfg.learner.learning_starts  # a resumed run refills its replay
     per_iter = E * p
-    iterations = math.ceil(cfg.run.total_steps / per_iter)
+    iterations = math.ceil((cfg.run.total_steps - start) / per_iter)
     K = cfg.learner.updates_per_call
     update_debt = 0.0
     ep_return, ep_length = np.zeros(E), np.zeros(E, dtype=np.int64)
@@ -174,7 +221,7 @@ def train(cfg: Config, world: World) -> dict[str, Any]:
         window.env_steps += per_iter
 
         # -- update: replay_ratio updates per env step, K per compiled call ----------
-        if step_global >= cfg.learner.learning_starts and replay.t > cfg.replay.n_step + 1:
+        if step_global >= learn_from and replay.t > cfg.replay.n_step + 1:
             update_debt += E * cfg.learner.replay_ratio
             while update_debt >= K:
                 update_debt -= K

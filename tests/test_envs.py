@@ -11,7 +11,13 @@ from hvd_dqn.evaluate import eval_seed
 
 
 def test_env_seeds_are_distinct_across_ranks_and_envs_and_never_evaluation_seeds() -> None:
-    seeds = [s for rank in range(16) for s in env_seeds(3, rank, 64)]
+    seeds = [
+        s
+        for segment in (0, 2000, 2**40)  # a fresh run and resumed runs
+        for seed in (0, 3, 2**32 - 1)
+        for rank in range(16)
+        for s in env_seeds(seed, rank, 64, segment)
+    ]
     assert len(set(seeds)) == len(seeds)
     assert all(s % 2 == 0 for s in seeds)
     assert eval_seed(5) % 2 == 1
