@@ -9,7 +9,7 @@ updates, each with its own batch, allreduce, optimizer step and target-sync chec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -111,9 +111,13 @@ class Learner(tf.Module):
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
         self.reduce_gradients = reduce_gradients
         obs_spec = tf.TensorSpec([None, *obs_shape], tf.as_dtype(obs_dtype))
-        self.greedy = tf.function(self._greedy, input_signature=[obs_spec])
+        # Called through concrete functions: a call then skips tf.function's matching of
+        # its arguments to a trace, which costs about as much as the MLP itself.
+        self.greedy = tf.function(self._greedy, input_signature=[obs_spec]).get_concrete_function()
         self.q_values = tf.function(self.online.__call__, input_signature=[obs_spec])
         self._compiled_update = tf.function(self._update)
+        self._update_shapes: tuple = ()  # the input shapes `_update_concrete` was made for
+        self._update_concrete: Any = None
         self._compiled_allreduce = tf.function(self._allreduce_only)
 
     @property
@@ -175,7 +179,13 @@ class Learner(tf.Module):
         def stack(i: int) -> np.ndarray:
             return np.stack([b[i] for b in batches])
 
-        loss, q, norm, td = self._compiled_update(*(stack(i) for i in range(6)))
+        stacked = [stack(i) for i in range(6)]
+        shapes = tuple(f"{x.shape}{x.dtype.str}" for x in stacked)
+        if shapes != self._update_shapes:  # once per run: K and B are fixed
+            specs = [tf.TensorSpec(x.shape, x.dtype) for x in stacked]
+            self._update_concrete = self._compiled_update.get_concrete_function(*specs)
+            self._update_shapes = shapes
+        loss, q, norm, td = self._update_concrete(*stacked)
         return UpdateInfo(float(loss), float(q), float(norm), td.numpy())
 
     def _allreduce_only(self) -> tf.Tensor:

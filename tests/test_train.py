@@ -187,8 +187,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
         proc.kill()  # SIGKILL: no clean-up code runs
         proc.wait()
     assert not (run / "summary.json").exists()
+    # ckpt-2000 or, if killed between its files and the index, ckpt-1000
     done = int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
-    assert done >= 2000
+    assert done in (1000, 2000, 3000)
     proc = hvd_dqn(["train", "--resume", str(run), "--total-steps", str(done + 1000)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, done + 1000)
