@@ -68,7 +68,10 @@ def _horovodrun(np_: int, args: list[str], timeout: float = 1800) -> subprocess.
     cmd = [str(BIN / "horovodrun"), "-np", str(np_), str(BIN / "hvd-dqn"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_quiet_env(), timeout=timeout)
     if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-5:]
+        lines = (proc.stderr + proc.stdout).splitlines()
+        # hvd-dqn's own one-line error, else the launcher's last words
+        ours = [line for line in lines if "hvd-dqn: error:" in line or "Error" in line]
+        tail = ours[-3:] or lines[-5:]
         raise RuntimeError(f"{' '.join(cmd)} failed: {' | '.join(tail)}")
     return proc
 
