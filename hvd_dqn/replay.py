@@ -38,6 +38,11 @@ class Batch(NamedTuple):
     weights: np.ndarray  # [B] float32 importance weights (1 for uniform replay)
     indices: np.ndarray  # [B] int64 leaf index (slot * num_envs + lane), for priorities
 
+    def split(self, k: int) -> list[Batch]:
+        """k batches of B / k, batch i holding rows i, i + k, ...: from a stratified
+        prioritized sample, each one spans the whole priority range."""
+        return [Batch(*(x[i::k] for x in self)) for i in range(k)]
+
 
 class SumTree:
     """A complete binary tree whose internal nodes hold the sum of their children.
@@ -60,14 +65,14 @@ class SumTree:
         return self.nodes[self.capacity + np.asarray(leaves)]
 
     def set(self, leaves: np.ndarray, values: np.ndarray) -> None:
+        """Set leaves (a repeated leaf takes its last value) and re-sum their ancestors."""
         node = self.capacity + np.asarray(leaves, dtype=np.int64)
         self.nodes[node] = values
-        node = np.unique(node // 2)
-        while node[0] >= 1:
+        # A node listed twice is computed twice from the same children: the same sum, so
+        # no de-duplication is needed (np.unique per level cost more than the repeats).
+        for _ in range(self.capacity.bit_length() - 1):  # every level above the leaves
+            node //= 2
             self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
-            if node[0] == 1:
-                break
-            node = np.unique(node // 2)
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         node = np.ones(len(targets), dtype=np.int64)

@@ -228,12 +228,13 @@ def train(cfg: Config, world: World, resume: bool = False) -> dict[str, Any]:
                 beta = linear_schedule(
                     cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, step_global
                 )
-                batches = [replay.sample(cfg.learner.batch_size, beta) for _ in range(K)]
+                # One draw of K batches (one pass through the sum tree), split K ways.
+                batches = replay.sample(K * cfg.learner.batch_size, beta).split(K)
                 t0 = time.perf_counter()
                 result = learner.update(batches)  # gradients averaged over ranks inside
                 window.update_seconds += time.perf_counter() - t0
-                for batch, td in zip(batches, result.td_abs, strict=True):
-                    replay.update_priorities(batch.indices, td)
+                indices = np.concatenate([batch.indices for batch in batches])
+                replay.update_priorities(indices, result.td_abs.ravel())
                 window.updates += K
                 window.calls += 1
                 window.loss_sum += result.loss

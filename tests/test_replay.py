@@ -8,7 +8,7 @@ import pytest
 
 from hvd_dqn.config import EnvConfig
 from hvd_dqn.envs import make_vector_env
-from hvd_dqn.replay import Replay, SumTree
+from hvd_dqn.replay import Batch, Replay, SumTree
 
 # -- sum-tree ------------------------------------------------------------------------------
 
@@ -40,6 +40,34 @@ def test_sum_tree_sampling_proportions() -> None:
     u = np.random.default_rng(0).random(200_000) * tree.total
     counts = np.bincount(tree.find(u), minlength=5)[:5] / len(u)
     np.testing.assert_allclose(counts, p / p.sum(), atol=0.005)
+
+
+def test_sum_tree_stays_consistent_under_repeated_and_random_updates() -> None:
+    rng = np.random.default_rng(0)
+    tree = SumTree(1000)
+    values = np.zeros(1000)
+    for _ in range(50):
+        leaves = rng.integers(0, 1000, size=64)
+        leaves[:8] = leaves[0]  # the same leaf several times: the last value counts
+        new = rng.random(64)
+        tree.set(leaves, new)
+        for leaf, v in zip(leaves, new, strict=True):
+            values[leaf] = v
+    np.testing.assert_allclose(tree.get(np.arange(1000)), values)
+    inner = np.arange(1, tree.capacity)
+    np.testing.assert_allclose(tree.nodes[inner], tree.nodes[2 * inner] + tree.nodes[2 * inner + 1])
+    assert tree.total == pytest.approx(values.sum())
+
+
+def test_batch_split_interleaves_rows() -> None:
+    batch = Batch(*(np.arange(12) + 100 * f for f in range(7)))
+    parts = batch.split(3)
+    assert [p.a_tm1.tolist() for p in parts] == [
+        [100, 103, 106, 109],
+        [101, 104, 107, 110],
+        [102, 105, 108, 111],
+    ]
+    assert all(len(p.indices) == 4 for p in parts)
 
 
 # -- n-step transitions against a brute-force reference -----------------------------------
