@@ -90,6 +90,8 @@ def restore(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint
 def drop_rows_after(metrics: Path, step: int) -> float:
     """Keep the metrics.jsonl rows up to env step `step` (the later ones will be
     written again); returns the last kept row's wall_seconds."""
+    if not metrics.exists():
+        return 0.0
     kept = [
         line
         for line in metrics.read_text().splitlines()
