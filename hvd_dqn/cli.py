@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="write the results to this file")
     bench.add_argument("--np", type=int, default=2, help="ranks for multi-rank runs (2)")
     bench.add_argument("--seeds", default="0,1,2", help="solve: comma-separated seeds")
-    bench.add_argument("--config", default="cartpole", help="solve: preset or YAML")
+    bench.add_argument(
+        "--config", default="cartpole", help="solve, scaling: preset or YAML (cartpole)"
+    )
     bench.add_argument("--keep", metavar="DIR", help="solve: keep the runs in DIR/seed<N>")
     bench.add_argument(
         "--set",
@@ -159,7 +161,8 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.which == "update-worker":
         bench.update_worker(args.json)
     elif args.which == "scaling":
-        bench.bench_scaling(args.json, ranks=sorted({1, args.np}))
+        load(args.config, [])  # refuse a bad config before any run starts
+        bench.bench_scaling(args.json, ranks=sorted({1, args.np}), config=args.config)
     else:
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
