@@ -304,7 +304,7 @@ def bench_scaling(
             )
             lines = (run / "metrics.jsonl").read_text().splitlines()
             train = [row for row in map(json.loads, lines) if row["kind"] == "train"]
-            steps = np.diff([0] + [row["env_steps"] for row in train])[1:]
+            steps = np.diff([row["env_steps"] for row in train])  # windows after the first
             window_seconds = steps / np.array([row["env_steps_per_s"] for row in train[1:]])
             seconds = summary["train_seconds"]
             rows.append(
