@@ -1,7 +1,7 @@
 """`hvd-dqn`: the only place that reads argv. Parses, sets up, calls the work.
 
     hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
-    hvd-dqn train --resume RUN_DIR [--total-steps N]
+    hvd-dqn train --resume RUN_DIR [--total-steps N]    (explicit form of continuing)
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E]
     hvd-dqn bench {act,update,scaling,solve} [--json FILE]
     hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
@@ -9,7 +9,12 @@
 
 Start `train` under a launcher for data parallelism: `horovodrun -np 2 hvd-dqn train`,
 `mpirun -np 2 hvd-dqn train`, or `srun --mpi=pmix hvd-dqn train`.
-Errors are one line on stderr (from rank 0 only) and a non-zero exit.
+The same `train` command starts a run and, when its run directory already holds it,
+continues it from the newest checkpoint (a finished run exits 0 at once).
+Exit codes: 0 done; 1 a fault (NaN, a crashed or stalled rank); 2 bad input (a config
+field, a file, a run directory); 75 stopped by a signal or run.max_wall_time after
+writing a checkpoint: run the same command to continue.
+Errors are one line on stderr (from rank 0 only).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hvd_dqn import __version__
-from hvd_dqn.config import PRESETS, ConfigError, load
+from hvd_dqn.config import PRESETS, RESUMABLE, ConfigError, load
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -58,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="go on from RUN_DIR's newest checkpoint with RUN_DIR/config.yaml "
-        "(only --total-steps may change)",
+        help="continue the run in RUN_DIR from its newest checkpoint with RUN_DIR/config.yaml "
+        "(only --total-steps and run.max_wall_time/stall_timeout/keep_checkpoints may change); "
+        "`--run-dir RUN_DIR` with the same config does the same",
     )
     train.add_argument(
         "--set",
@@ -174,10 +180,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_RESUMABLE = ("run.total_steps=", "run.progress=")
-
-
 def _train(args: argparse.Namespace) -> int:
+    # Catch stop signals from the first moment: one that arrives while TensorFlow loads
+    # stops the run at its first iteration, with a checkpoint, instead of killing it.
+    from hvd_dqn.interrupts import EXIT_PREEMPTED, Interrupts
+
+    interrupts = Interrupts()
     overrides = list(args.overrides)
     flags = {
         "env.id": args.env,
@@ -190,44 +198,52 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("run.progress=false")
     source = args.config or "cartpole"
     if args.resume:
-        changed = [o.split("=")[0] for o in overrides if not o.startswith(_RESUMABLE)]
+        changed = [o.split("=")[0] for o in overrides if o.split("=")[0] not in RESUMABLE]
         if args.config or changed:
             what = ", ".join((["--config"] if args.config else []) + changed)
             return _fail(
-                f"--resume {args.resume}: the run's config.yaml is used as it is; "
-                f"only --total-steps may change (got {what})",
+                f"--resume {args.resume}: the run's config.yaml is used as it is; only "
+                f"{', '.join(f for f in RESUMABLE if f != 'run.run_dir')} may change "
+                f"(got {what})",
                 EXIT_USAGE,
             )
         source = str(Path(args.resume) / "config.yaml")
         if not Path(source).is_file():
-            return _fail(f"--resume {args.resume}: no config.yaml there (not a run directory)")
+            return _fail(
+                f"--resume {args.resume}: no config.yaml there (not a run directory)", EXIT_USAGE
+            )
         overrides.append(f"run.run_dir={args.resume}")
     cfg = load(source, overrides)  # validated before TensorFlow or Horovod load
 
     try:
+        import tensorflow as tf
+
         from hvd_dqn import distributed
+        from hvd_dqn.checkpoint import CheckpointError
         from hvd_dqn.train import TrainingError, train
     except Exception as exc:  # e.g. HorovodVersionMismatchError after a TensorFlow change
         return _fail(
             f"cannot load Horovod/TensorFlow ({type(exc).__name__}: {exc}); "
             f"run `hvd-dqn doctor`, rebuild with `bash docker/install.sh`"
         )
+    threads = cfg.run.threads or (1 if cfg.run.deterministic else None)
     try:
-        world = distributed.init(
-            expect_size=args.expect_world_size, threads=cfg.run.threads or None
-        )
+        world = distributed.init(expect_size=args.expect_world_size, threads=threads)
     except distributed.WorldError as exc:
         return _fail(str(exc))
+    if cfg.run.deterministic:
+        tf.config.experimental.enable_op_determinism()
     try:
-        train(cfg, world, resume=bool(args.resume))
-    except (distributed.WorldError, TrainingError, ConfigError, FileExistsError) as exc:
+        summary = train(cfg, world, interrupts)
+    except (distributed.WorldError, TrainingError, ConfigError, CheckpointError) as exc:
         # Every rank raises; rank 0 speaks for all.
         if world.is_chief:
             print(f"hvd-dqn: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
+        usage = isinstance(exc, (ConfigError, CheckpointError)) or getattr(exc, "usage", False)
+        return EXIT_USAGE if usage else EXIT_FAILURE
     finally:
         distributed.shutdown()
-    return 0
+    return EXIT_PREEMPTED if summary.get("stopped") else 0
 
 
 def doctor(expect_world_size: int | None = None) -> int:

@@ -67,7 +67,7 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    capacity: int = _f(100_000, lo=1)
+    capacity: int = _f(100_000, lo=1, hi=1 << 34)
     """Transitions held per rank (a ring: the oldest are overwritten)."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al. 2016, proportional) instead of uniform."""
@@ -97,11 +97,11 @@ class NetworkConfig:
 class LearnerConfig:
     gamma: float = _f(0.99, lo=0.0, hi=1.0)
     """Discount factor."""
-    lr: float = _f(1e-3, lo=0.0, lo_open=True)
+    lr: float = _f(1e-3, lo=0.0, hi=1.0, lo_open=True)
     """Adam learning rate at one rank (see lr_scaling)."""
     lr_scaling: str = _f("none", choices=("none", "linear", "sqrt"))
     """Learning rate at p ranks: lr (none), lr*p (linear), lr*sqrt(p) (sqrt)."""
-    adam_eps: float = _f(1e-8, lo=0.0, lo_open=True)
+    adam_eps: float = _f(1e-8, lo=0.0, hi=1.0, lo_open=True)
     """Adam epsilon (Atari DQN commonly uses 1.5e-4)."""
     batch_size: int = _f(64, lo=1)
     """Transitions per update per rank; the global batch is batch_size * ranks."""
@@ -154,8 +154,23 @@ class RunConfig:
     stop_at_return: float | None = None
     """Stop as soon as an evaluation's mean return reaches this (None: never)."""
     checkpoint_every: int = _f(50_000, lo=0)
-    """Env steps (all ranks) between checkpoints, the points `train --resume` restarts
-    from (0: only at the end)."""
+    """Env steps (all ranks) between checkpoints, the points a restarted run continues
+    from (0: only at the end and when stopped by a signal or the wall-time limit)."""
+    keep_checkpoints: int = _f(2, lo=1, hi=1000)
+    """Complete checkpoints kept (the newest; an older one is the fallback if the newest
+    is damaged)."""
+    save_replay: str = _f("auto", choices=("auto", "always", "never"))
+    """Save each rank's replay, RNGs and envs in every checkpoint, so a resumed run goes on
+    exactly (auto: when a rank's replay is at most 2 GiB; a 1M Atari replay is 7 GB)."""
+    deterministic: bool = False
+    """Deterministic TensorFlow ops and one thread per rank: a run stopped and resumed
+    ends bit-identical to one that never stopped (same world size)."""
+    max_wall_time: float = _f(0.0, lo=0.0)
+    """Seconds after which the run checkpoints and exits with code 75 (resume me), ahead
+    of a scheduler's time limit (0: no limit)."""
+    stall_timeout: float = _f(600.0, lo=0.0)
+    """Seconds without progress (a stopped or unreachable rank) after which a rank exits
+    with code 1 so the launcher ends the job instead of hanging (0: never)."""
     progress: bool = True
     """A progress bar on rank 0."""
     threads: int = _f(0, lo=0, hi=256)
@@ -376,6 +391,28 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML; `load(path)` of it gives the same config back."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# Fields a continued run may change (everything else must match the run's config.yaml).
+RESUMABLE = (
+    "run.total_steps",
+    "run.progress",
+    "run.run_dir",
+    "run.max_wall_time",
+    "run.stall_timeout",
+    "run.keep_checkpoints",
+)
+
+
+def changed_fields(old: Config, new: Config) -> list[str]:
+    """section.field names whose values differ between two configs (RESUMABLE excluded)."""
+    a, b = to_dict(old), to_dict(new)
+    return [
+        f"{section}.{key}"
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section][key] and f"{section}.{key}" not in RESUMABLE
+    ]
 
 
 def run_dir(cfg: Config) -> Path:

@@ -12,6 +12,7 @@ observation is stored once, the final one included).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,21 +32,23 @@ def is_atari(env_id: str) -> bool:
 
 
 def env_seeds(seed: int, rank: int, num_envs: int, segment: int = 0) -> list[int]:
-    """A distinct seed for each (seed, rank, env index, segment):
-    2 * (((segment * S + seed) * R + rank) * E + i).
+    """One seed per env of this rank: even numbers below 2**32, drawn from
+    numpy's SeedSequence(seed, spawn_key=(rank, segment)).
 
-    Distinct by construction for every seed < S = 2**32, rank < R = 2**20 and env index
-    < E = 4096, so no two envs anywhere in a run share a random stream; even, so they
+    Every (seed, rank, segment) gets its own independent stream (SeedSequence's
+    spawn keys), so envs of different ranks, and of a resumed run's restarted envs,
+    practically never share a seed (two of 64k envs collide with probability ~2**-20);
+    32 bits fit every env (MinAtar seeds numpy's legacy RandomState); even, so they
     never meet the odd evaluation seeds (evaluate.eval_seed). `segment` is the env step
-    a resumed run restarts from (0 for a fresh run): a resumed run does not replay the
-    episodes it began with.
+    a resumed run restarts its envs at (0 for a fresh run).
     """
     if num_envs > MAX_ENVS_PER_RANK or rank >= MAX_RANKS or not 0 <= seed < MAX_SEED:
         raise ConfigError(
             f"env seeds: num_envs {num_envs}, rank {rank} or seed {seed} out of range"
         )
-    base = ((segment * MAX_SEED + seed) * MAX_RANKS + rank) * MAX_ENVS_PER_RANK
-    return [2 * (base + i) for i in range(num_envs)]
+    sequence = np.random.SeedSequence(seed, spawn_key=(rank, segment))
+    words = sequence.generate_state(num_envs, dtype=np.uint32)
+    return [int(w) & ~1 for w in words]
 
 
 def _register(env_id: str) -> None:
@@ -127,6 +130,33 @@ def check_spaces(env_id: str, obs_space: gym.Space, action_space: gym.Space) -> 
         raise ConfigError(
             f"config field env.id={env_id!r}: observation space {obs_space} is not a Box"
         )
+
+
+def save_envs(envs: gym.vector.VectorEnv, env_id: str) -> bytes | None:
+    """The vector env mid-episode as bytes (pickle), or None where that is not exact.
+
+    CartPole's native vector env and MinAtar's envs are plain Python and numpy: a
+    pickled copy steps exactly like the original (tested). ALE's emulator pickles but
+    its copy diverges (its RNG and sticky-action state are not all carried), so Atari
+    returns None and a resumed Atari run starts new episodes.
+    """
+    if is_atari(env_id):
+        return None
+    fns = getattr(envs, "env_fns", None)  # SyncVectorEnv's factories: closures, unpicklable
+    try:
+        if fns is not None:
+            envs.env_fns = None  # type: ignore[attr-defined]
+        return pickle.dumps(envs)
+    except Exception:
+        return None
+    finally:
+        if fns is not None:
+            envs.env_fns = fns  # type: ignore[attr-defined]
+
+
+def load_envs(data: bytes) -> gym.vector.VectorEnv:
+    """A vector env saved by `save_envs` (only ever our own checkpoint's bytes)."""
+    return pickle.loads(data)
 
 
 def frame_stack(cfg: EnvConfig) -> int:

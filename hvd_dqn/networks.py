@@ -19,11 +19,23 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from hvd_dqn.config import NetworkConfig
+from hvd_dqn.config import ConfigError, NetworkConfig
 
 
 def resolve_torso(torso: str, obs_shape: Sequence[int]) -> str:
-    """`auto` picks the torso from the observation's shape."""
+    """`auto` picks the torso from the observation's shape; an explicit torso must fit it
+    (ConfigError naming network.torso otherwise)."""
+    shape = tuple(int(d) for d in obs_shape)
+    if torso == "nature" and not (len(shape) == 3 and min(shape[1:]) >= 36):
+        raise ConfigError(
+            f"config field network.torso=nature: needs stacked frames [stack, H, W] with "
+            f"H, W >= 36; this env's observations are {shape}"
+        )
+    if torso == "minatar" and not (len(shape) == 3 and min(shape[:2]) >= 3):
+        raise ConfigError(
+            f"config field network.torso=minatar: needs images [H, W, C] with H, W >= 3; "
+            f"this env's observations are {shape}"
+        )
     if torso != "auto":
         return torso
     if len(obs_shape) == 1:
@@ -32,7 +44,7 @@ def resolve_torso(torso: str, obs_shape: Sequence[int]) -> str:
         return "nature"  # [stack, H, W]
     if len(obs_shape) == 3:
         return "minatar"  # [H, W, C]
-    raise ValueError(f"no torso fits observations of shape {tuple(obs_shape)}")
+    raise ConfigError(f"config field network.torso=auto: no torso fits observations {shape}")
 
 
 class QNetwork(tf.Module):

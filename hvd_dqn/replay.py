@@ -20,6 +20,7 @@ still in the ring: oldest + k - 1 <= t <= newest - n.
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import numpy as np
@@ -247,9 +248,74 @@ class Replay:
         )
 
     def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
-        """p_i = |delta_i| + eps, stored as p_i^alpha (Schaul et al. 2016, section 3.3)."""
+        """p_i = |delta_i| + eps, stored as p_i^alpha (Schaul et al. 2016, section 3.3).
+
+        A non-finite |delta| is refused: one NaN leaf makes every sum above it NaN and
+        every later sample leaf 0. (The trainer stops the run on a non-finite TD error
+        before it gets here.)
+        """
         if self.tree is None:
             return
         p = np.abs(td_abs).astype(np.float64) + self.priority_eps
+        if not np.isfinite(p).all():
+            raise ValueError("non-finite TD error: priorities left unchanged")
         self.tree.set(indices, p**self.alpha)
         self.max_priority = max(self.max_priority, float(p.max()))
+
+    # -- saving and restoring (checkpoint.py) ----------------------------------------
+
+    _ARRAYS = ("frames", "actions", "rewards", "terminated", "truncated", "is_final", "ep_step")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything that defines the buffer's future, as named arrays: the ring, the
+        write position, the episode bookkeeping, the priorities and the sampling RNG.
+        Only the `t` written slots are kept (a young buffer saves what it holds)."""
+        used = min(self.t, self.lane)
+        out = {name: getattr(self, name)[:used] for name in self._ARRAYS}
+        out["t"] = np.int64(self.t)
+        out["next_ep_step"] = self._next_ep_step
+        out["prev_ended"] = self._prev_ended
+        out["max_priority"] = np.float64(self.max_priority)
+        out["rng"] = rng_state(self.rng)
+        if self.tree is not None:
+            out["tree"] = self.tree.nodes
+        return out
+
+    def load_state(self, saved: dict[str, np.ndarray]) -> None:
+        """Put back what `state()` returned (same capacity, envs and shapes)."""
+        t = int(saved["t"])
+        used = min(t, self.lane)
+        for name in self._ARRAYS:
+            target = getattr(self, name)
+            if saved[name].shape != (used, *target.shape[1:]):
+                raise ValueError(f"replay {name}: shape {saved[name].shape} does not fit")
+            target[:used] = saved[name]
+        self.t = t
+        self._next_ep_step = np.array(saved["next_ep_step"], dtype=np.int32)
+        self._prev_ended = np.array(saved["prev_ended"], dtype=bool)
+        self.max_priority = float(saved["max_priority"])
+        set_rng_state(self.rng, saved["rng"])
+        if self.tree is not None:
+            self.tree.nodes[:] = saved["tree"]
+
+    def cut_episodes(self, next_obs: np.ndarray) -> None:
+        """End every lane's episode here as a time-limit truncation (it bootstraps from
+        `next_obs`, stored as the final observation): for a resume whose envs restart
+        from new episodes while the replay goes on."""
+        if self.t == 0:
+            return
+        s = (self.t - 1) % self.lane
+        open_ = ~(self.terminated[s] | self.truncated[s]) & ~self._prev_ended
+        self.truncated[s] |= open_
+        self._prev_ended = self._prev_ended | open_
+        zeros = np.zeros(self.num_envs)
+        self.add(next_obs, zeros.astype(np.int32), zeros, zeros.astype(bool), zeros.astype(bool))
+
+
+def rng_state(rng: np.random.Generator) -> np.ndarray:
+    """A numpy Generator's full state as a JSON string in a 0-d array (for .npz files)."""
+    return np.array(json.dumps(rng.bit_generator.state))
+
+
+def set_rng_state(rng: np.random.Generator, saved: np.ndarray) -> None:
+    rng.bit_generator.state = json.loads(str(saved))

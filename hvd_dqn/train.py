@@ -1,15 +1,21 @@
-"""The training loop, top to bottom: act, store, update, sync, log, evaluate, save.
+"""The training loop, top to bottom: act, store, update, evaluate, vote, log, save.
 
 Every rank runs this same loop on its own envs and replay. The loop's counters are
 identical on all ranks (same num_envs, same replay_ratio), so all ranks reach every
 update, log, evaluation and checkpoint together and make the same collective calls in
-the same order. Decisions that end the run (NaN, solved) are collective votes.
+the same order. Once per iteration every rank votes (distributed.vote): a signal or the
+wall-time limit (checkpoint, then exit 75), a non-finite loss on any rank (stop before
+any checkpoint of the bad state), a reached stop_at_return. Everything the loop changes
+lives in one TrainState (checkpoint.py), which is what a checkpoint saves.
+
+The same command starts a run and continues it: run.run_dir that holds this run goes on
+from its newest complete checkpoint; a finished one exits at once.
 
 A run directory (rank 0 writes it) holds:
     config.yaml        the resolved config (load it with --config to rerun)
     metrics.jsonl      one JSON line per log/eval point, averaged over ranks
     tensorboard/       the same scalars as TensorBoard events
-    checkpoints/       tf.train.Checkpoint of learner and counters (`train --resume`)
+    checkpoints/       the newest complete checkpoints (checkpoint.py lists the files)
     model/             the exported greedy policy (`hvd-dqn evaluate RUN_DIR`)
     summary.json       written last: final evaluation, steps, wall-clock
 """
@@ -18,22 +24,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import tensorflow as tf
 
-from hvd_dqn import distributed
-from hvd_dqn.config import Config, ConfigError, run_dir, to_yaml
+from hvd_dqn import checkpoint, distributed
+from hvd_dqn.checkpoint import TrainState, Window
+from hvd_dqn.config import Config, ConfigError, changed_fields, load, run_dir, to_yaml
 from hvd_dqn.distributed import World
 from hvd_dqn.dqn import epsilon_greedy, linear_schedule
 from hvd_dqn.envs import env_seeds, frame_stack, make_vector_env, reset
 from hvd_dqn.evaluate import evaluate, export_policy
+from hvd_dqn.interrupts import EXIT_PREEMPTED, Interrupts
 from hvd_dqn.learner import ExportedPolicy, Learner
 from hvd_dqn.metrics import RunLog, atomic_write
 from hvd_dqn.replay import Replay
@@ -43,89 +51,148 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. a non-finite loss on some rank)."""
 
 
-@dataclass
-class Window:
-    """Counters between two log points (this rank only, until averaged)."""
-
-    start: float = field(default_factory=time.perf_counter)
-    env_steps: int = 0  # all ranks together
-    episodes: int = 0
-    return_sum: float = 0.0
-    length_sum: float = 0.0
-    updates: int = 0
-    update_seconds: float = 0.0
-    loss_sum: float = 0.0
-    q_sum: float = 0.0
-    calls: int = 0
+REPLAY_SAVE_BUDGET = 2 << 30  # run.save_replay=auto saves a rank's replay up to 2 GiB
+_USE_MEMORY = 0.8  # a rank's replay may take at most this share of its host's free memory
 
 
-def choose_run_dir(cfg: Config) -> Path:
-    """run_dir(cfg), or for the default name the first of NAME, NAME-1, ... not yet used.
-
-    An explicit run.run_dir that already holds a run is refused, never overwritten.
-    """
-    base = run_dir(cfg)
-    if cfg.run.run_dir:
-        if (base / "metrics.jsonl").exists():
-            raise FileExistsError(
-                f"run.run_dir={base}: already holds a run (metrics.jsonl); choose another directory"
+def inspect_run_dir(out: Path, cfg: Config) -> str:
+    """Rank 0: what `out` holds. "new" (nothing yet, or a run that never checkpointed),
+    "continue" (a run of this config with a complete checkpoint) or "finished" (its
+    summary.json says it reached total_steps or its stop_at_return). A run dir that is a
+    file, holds another config or something that is not a run is refused (ConfigError)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run directory {out}: exists and is not a directory")
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        ours = [
+            n
+            for n in ("metrics.jsonl", "checkpoints", "summary.json", "model")
+            if (out / n).exists()
+        ]
+        if ours:
+            raise ConfigError(
+                f"run directory {out}: holds {ours[0]} but no config.yaml (not an hvd_dqn "
+                f"run, or a damaged one); choose another directory"
             )
-        return base
-    path, i = base, 0
-    while (path / "metrics.jsonl").exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+        return "new"
+    try:
+        old = load(str(saved))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"run directory {out}: its config.yaml is not a config of this hvd_dqn ({exc})"
+        ) from None
+    changed = changed_fields(old, cfg)
+    if changed:
+        raise ConfigError(
+            f"run directory {out} holds a run with another config (changed: "
+            f"{', '.join(changed)}); only run.total_steps may grow. Use another --run-dir"
+        )
+    summary = out / "summary.json"
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        if done.get("solved_at_env_steps") is not None or done["env_steps"] >= cfg.run.total_steps:
+            return "finished"
+    return "continue" if checkpoint.complete(out) else "new"
 
 
-def restore(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> int:
-    """Load the newest checkpoint into `checkpoint`; returns its env step count."""
-    path = manager.latest_checkpoint
-    if path is None:
-        raise FileNotFoundError(f"{manager.directory}: no checkpoint to resume from")
-    checkpoint.restore(path).assert_existing_objects_matched()
-    return int(checkpoint.env_steps.numpy())
+def prepare_run_dir(out: Path, cfg: Config, plan: str) -> None:
+    """Rank 0: create the run dir, (re)write config.yaml, drop leftovers of interrupted
+    saves and a stale summary. Nothing a run needs is removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"run directory {out}: not writable")
+    atomic_write(out / "config.yaml", to_yaml(cfg))  # a grown total_steps is recorded
+    checkpoint.clean(out, cfg.run.keep_checkpoints)
+    if plan == "continue":
+        (out / "summary.json").unlink(missing_ok=True)  # written again at the end
 
 
-def drop_rows_after(metrics: Path, step: int) -> float:
-    """Keep the metrics.jsonl rows up to env step `step` (the later ones will be
-    written again); returns the last kept row's wall_seconds."""
+def drop_rows_after(metrics: Path, step: int) -> None:
+    """Keep the metrics.jsonl rows up to env step `step` (the later ones are written
+    again by the resumed run)."""
     if not metrics.exists():
-        return 0.0
+        return
     kept = [
         line
         for line in metrics.read_text().splitlines()
         if line.strip() and json.loads(line)["env_steps"] <= step
     ]
     atomic_write(metrics, "".join(line + "\n" for line in kept))
-    return float(json.loads(kept[-1])["wall_seconds"]) if kept else 0.0
 
 
-def train(cfg: Config, world: World, resume: bool = False) -> dict[str, Any]:
+def check_replay_fits(
+    capacity: int, obs_shape: tuple, obs_dtype: np.dtype, stack: int, ranks_here: int
+) -> int:
+    """The replay's bytes per rank; ConfigError before allocation when this host's
+    ranks together would need more than 80 % of its available memory."""
+    lane_slots = capacity
+    frame = int(np.prod(obs_shape[1:] if stack > 1 else obs_shape)) * np.dtype(obs_dtype).itemsize
+    need = lane_slots * (frame + 4 + 4 + 1 + 1 + 1 + 4) + 2 * 8 * capacity  # + sum tree
+    free = _available_memory()
+    if free and need * ranks_here > _USE_MEMORY * free:
+        raise ConfigError(
+            f"config field replay.capacity={capacity}: the replay needs {need / 2**30:.1f} GiB "
+            f"per rank x {ranks_here} ranks on this host, more than 80 % of its "
+            f"{free / 2**30:.1f} GiB available memory"
+        )
+    return need
+
+
+def _available_memory() -> int:
+    """MemAvailable of this host in bytes (0 if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _make_envs(cfg: Config, world: World, segment: int) -> tuple[gym.vector.VectorEnv, np.ndarray]:
+    envs = make_vector_env(cfg.env, cfg.env.num_envs)
+    return envs, reset(envs, env_seeds(cfg.run.seed, world.rank, cfg.env.num_envs, segment))
+
+
+def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
     """Train per `cfg` on this rank as part of `world`; returns the final summary.
 
-    resume: go on from the newest checkpoint in run.run_dir (an earlier run of `cfg`,
-    stopped or crashed) until run.total_steps. The learner (weights, target, optimizer
-    state, update count) and the env step count are restored; the replay is not saved,
-    so each rank refills it with learner.learning_starts env steps before updating.
+    Idempotent: run.run_dir that holds nothing starts a new run; one that holds this
+    run continues from its newest complete checkpoint (checkpoint.py); a finished one
+    returns at once. summary["stopped"] names a signal or limit that stopped the run
+    early (after a checkpoint): run the same command to go on.
     """
     t_process = time.perf_counter()
     # Horovod (host side): every rank must train the same config.
     distributed.check_same("config", distributed.config_digest(to_yaml(cfg)))
-    # Rank 0 picks the run directory; everyone uses its choice.
-    chosen = str(run_dir(cfg) if resume else choose_run_dir(cfg)) if world.is_chief else ""
-    out = Path(distributed.allgather_object(chosen)[0])
-    E, p = cfg.env.num_envs, world.size
-    envs = distributed.run_collectively(
-        lambda: make_vector_env(cfg.env, E), "creating the environments"
+    out = run_dir(cfg)
+    # Rank 0 looks at the run directory; a failure there ends every rank with its line.
+    plan = distributed.run_collectively(
+        lambda: inspect_run_dir(out, cfg) if world.is_chief else "", f"run directory {out}"
     )
-    if world.is_chief and not resume:  # only once the envs exist: a bad env id leaves nothing
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.yaml", to_yaml(cfg))
+    plan = distributed.allgather_object(plan)[0]
+    if plan == "finished":
+        summary = json.loads((out / "summary.json").read_text()) if world.is_chief else {}
+        if world.is_chief:
+            print(
+                f"hvd-dqn: {out} is already finished ({summary['env_steps']} env steps); nothing to do"
+            )
+        return {**summary, "already_finished": True}
+
+    E, p = cfg.env.num_envs, world.size
+    envs, obs = distributed.run_collectively(
+        lambda: _make_envs(cfg, world, segment=0), "creating the environments"
+    )
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
     num_actions = int(action_space.n)
     obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
+    replay_bytes = distributed.run_collectively(
+        lambda: check_replay_fits(
+            cfg.replay.capacity, obs_shape, obs_dtype, frame_stack(cfg.env), world.local_size
+        ),
+        "sizing the replay",
+    )
     replay = Replay(
         cfg.replay.capacity,
         E,
@@ -139,170 +206,226 @@ def train(cfg: Config, world: World, resume: bool = False) -> dict[str, Any]:
         priority_eps=cfg.replay.priority_eps,
         seed=[cfg.run.seed, world.rank, 2],  # its own stream on every rank
     )
-    learner = Learner(
-        obs_shape,
-        obs_dtype,
-        num_actions,
-        cfg.network,
-        cfg.learner,
-        seed=cfg.run.seed,
-        world_size=p,
-        reduce_gradients=partial(distributed.average_gradients, fp16=cfg.learner.fp16_allreduce),
+    learner = distributed.run_collectively(
+        lambda: Learner(
+            obs_shape,
+            obs_dtype,
+            num_actions,
+            cfg.network,
+            cfg.learner,
+            seed=cfg.run.seed,
+            world_size=p,
+            reduce_gradients=partial(
+                distributed.average_gradients, fp16=cfg.learner.fp16_allreduce
+            ),
+        ),
+        "building the network",
     )
-    checkpoint = tf.train.Checkpoint(learner=learner, env_steps=tf.Variable(0, dtype=tf.int64))
-    manager = tf.train.CheckpointManager(checkpoint, str(out / "checkpoints"), max_to_keep=2)
-    start = 0  # env steps (all ranks) already trained
-    if resume:  # rank 0 reads the checkpoint; the broadcast below hands it to all
-        found = distributed.run_collectively(
-            lambda: restore(manager, checkpoint) if world.is_chief else 0,
-            "restoring the checkpoint",
-        )
-        start = int(distributed.allgather_object(found)[0])
-        if start >= cfg.run.total_steps:
-            raise ConfigError(
-                f"run.total_steps={cfg.run.total_steps}: the run in {out} is already at "
-                f"{start} env steps; pass a larger --total-steps to go on"
-            )
-    # Horovod: start from rank 0's weights and optimizer state.
+    save_replay = cfg.run.save_replay == "always" or (
+        cfg.run.save_replay == "auto" and replay_bytes <= REPLAY_SAVE_BUDGET
+    )
+    state = TrainState(
+        learner=learner,
+        replay=replay,
+        envs=envs,
+        obs=obs,
+        rng=np.random.default_rng([cfg.run.seed, world.rank, 1]),
+        env_id=cfg.env.id,
+        learn_from=cfg.learner.learning_starts,
+        ep_return=np.zeros(E),
+        ep_length=np.zeros(E, dtype=np.int64),
+        prev_ended=np.zeros(E, dtype=bool),
+    )
+    distributed.run_collectively(
+        lambda: prepare_run_dir(out, cfg, plan) if world.is_chief else None,
+        f"run directory {out}",
+    )
+    if plan == "continue":
+        resumed = checkpoint.restore(out, state, world, cfg)
+        if not resumed.envs:  # new episodes, seeded apart from the first attempt's
+            state.envs.close()
+            state.envs, state.obs = _make_envs(cfg, world, segment=state.env_steps)
+        if not resumed.per_rank:  # a new replay: refill it before updating again
+            state.learn_from = state.env_steps + cfg.learner.learning_starts
+    # Horovod: start from rank 0's weights and optimizer state (restored or initial).
     distributed.broadcast_variables(learner.state)
-    log = None
-    if world.is_chief:
-        wall = 0.0
-        if resume:  # only now that the checkpoint loaded: a failed resume changes nothing
-            atomic_write(out / "config.yaml", to_yaml(cfg))  # its new total_steps
-            wall = drop_rows_after(out / "metrics.jsonl", start)
-        log = RunLog(out, cfg.run.total_steps, cfg.run.progress, wall_offset=wall)
+    log: RunLog | None = None
 
-    rng = np.random.default_rng([cfg.run.seed, world.rank, 1, start])
-    obs = reset(envs, env_seeds(cfg.run.seed, world.rank, E, segment=start))
-    step_global = start  # env steps so far, all ranks together
-    learn_from = start + cfg.learner.learning_starts  # a resumed run refills its replay
+    def open_log() -> None:
+        nonlocal log
+        if world.is_chief:
+            drop_rows_after(out / "metrics.jsonl", state.env_steps)
+            log = RunLog(out, cfg.run.total_steps, cfg.run.progress, state.wall_seconds)
+            log.progress(state.env_steps)
+            if plan == "continue":
+                log.message(f"continuing {out} from env step {state.env_steps}")
+
+    distributed.run_collectively(open_log, f"opening the log in {out}")
+
     per_iter = E * p
-    iterations = math.ceil((cfg.run.total_steps - start) / per_iter)
     K = cfg.learner.updates_per_call
-    update_debt = 0.0
-    ep_return, ep_length = np.zeros(E), np.zeros(E, dtype=np.int64)
-    lives = None
-    prev_ended = np.zeros(E, dtype=bool)
-    window = Window()
+    interrupts.configure(world.rank, cfg.run.max_wall_time, cfg.run.stall_timeout)
+    save_seconds = 0.0  # the last checkpoint's duration (the wall-time limit keeps 2x)
+    stopped = ""
+    t_train = time.perf_counter() - state.wall_seconds
     last_eval: dict[str, float] = {}
-    solved_at: int | None = None
-    t_train = time.perf_counter()
 
-    for it in range(iterations):
+    def save() -> None:
+        nonlocal save_seconds
+        t0 = time.perf_counter()
+        state.wall_seconds = time.perf_counter() - t_train
+        checkpoint.save(out, state, world, cfg, save_replay)
+        save_seconds = time.perf_counter() - t0
+        interrupts.beat()
+
+    while state.env_steps < cfg.run.total_steps:
+        interrupts.beat()
         # -- act: one batched call for all of this rank's envs ---------------------
         eps = linear_schedule(
             cfg.exploration.eps_start,
             cfg.exploration.eps_end,
             cfg.exploration.eps_decay_steps,
-            step_global,
+            state.env_steps,
         )
-        actions = epsilon_greedy(learner.greedy(obs).numpy(), num_actions, eps, rng)
-        next_obs, rewards, terminated, truncated, info = envs.step(actions)
+        actions = epsilon_greedy(learner.greedy(state.obs).numpy(), num_actions, eps, state.rng)
+        next_obs, rewards, terminated, truncated, info = state.envs.step(actions)
 
         # -- store: raw rewards for reporting, clipped for learning ------------------
         learn_terminal = terminated
         if cfg.env.episodic_life and "lives" in info:
             now = np.asarray(info["lives"])
-            if lives is not None:  # a lost life ends the episode for learning only
-                learn_terminal = terminated | ((now < lives) & ~prev_ended)
-            lives = now
+            if state.lives is not None:  # a lost life ends the episode for learning only
+                learn_terminal = terminated | ((now < state.lives) & ~state.prev_ended)
+            state.lives = now
         learn_rewards = np.sign(rewards) if cfg.env.clip_rewards else rewards
-        replay.add(obs, actions, learn_rewards, learn_terminal, truncated)
-        ended = (terminated | truncated) & ~prev_ended
-        ep_return += np.where(prev_ended, 0.0, rewards)
-        ep_length += ~prev_ended
+        replay.add(state.obs, actions, learn_rewards, learn_terminal, truncated)
+        ended = (terminated | truncated) & ~state.prev_ended
+        state.ep_return += np.where(state.prev_ended, 0.0, rewards)
+        state.ep_length += ~state.prev_ended
+        window = state.window
         if ended.any():
             window.episodes += int(ended.sum())
-            window.return_sum += float(ep_return[ended].sum())
-            window.length_sum += float(ep_length[ended].sum())
-            ep_return[ended], ep_length[ended] = 0.0, 0
-        prev_ended = ended
-        obs = next_obs
-        step_global += per_iter
+            window.return_sum += float(state.ep_return[ended].sum())
+            window.length_sum += float(state.ep_length[ended].sum())
+            state.ep_return[ended], state.ep_length[ended] = 0.0, 0
+        state.prev_ended = ended
+        state.obs = next_obs
+        state.env_steps += per_iter
         window.env_steps += per_iter
+        step = state.env_steps
 
         # -- update: replay_ratio updates per env step, K per compiled call ----------
-        if step_global >= learn_from and replay.t > cfg.replay.n_step + 1:
-            update_debt += E * cfg.learner.replay_ratio
-            while update_debt >= K:
-                update_debt -= K
+        nonfinite = False
+        if step >= state.learn_from and replay.t > cfg.replay.n_step + 1:
+            state.update_debt += E * cfg.learner.replay_ratio
+            while state.update_debt >= K and not nonfinite:
+                state.update_debt -= K
                 beta = linear_schedule(
-                    cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, step_global
+                    cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, step
                 )
                 # One draw of K batches (one pass through the sum tree), split K ways.
                 batches = replay.sample(K * cfg.learner.batch_size, beta).split(K)
                 t0 = time.perf_counter()
                 result = learner.update(batches)  # gradients averaged over ranks inside
                 window.update_seconds += time.perf_counter() - t0
-                indices = np.concatenate([batch.indices for batch in batches])
-                replay.update_priorities(indices, result.td_abs.ravel())
+                nonfinite = not (math.isfinite(result.loss) and np.isfinite(result.td_abs).all())
+                if not nonfinite:  # a NaN priority would break the sum tree
+                    indices = np.concatenate([batch.indices for batch in batches])
+                    replay.update_priorities(indices, result.td_abs.ravel())
                 window.updates += K
                 window.calls += 1
                 window.loss_sum += result.loss
                 window.q_sum += result.q_mean
 
-        # -- log, evaluate, checkpoint: the same iterations on every rank ------------
-        last = it == iterations - 1
-        eval_now = cfg.run.eval_every and _crossed(step_global, per_iter, cfg.run.eval_every)
-        if eval_now or last:
+        # -- evaluate: the same iterations on every rank ------------------------------
+        last = step >= cfg.run.total_steps
+        reached = False
+        if not nonfinite and (_crossed(step, per_iter, cfg.run.eval_every) or last):
             t_eval = time.perf_counter()
-            last_eval = _evaluate(cfg, learner, world)
+            last_eval = _evaluate(cfg, learner, world, interrupts)
             window.start += time.perf_counter() - t_eval  # throughput excludes evaluation
             if log:
-                log.write("eval", step_global, last_eval)
+                log.write("eval", step, last_eval)
                 log.message(
-                    f"eval @ {step_global} env steps: mean return "
+                    f"eval @ {step} env steps: mean return "
                     f"{last_eval['return_mean']:.1f} over {last_eval['episodes']} ep."
                 )
             target = cfg.run.stop_at_return
             reached = target is not None and last_eval["return_mean"] >= target
-            if distributed.any_rank(reached):  # collective: every rank stops here
-                solved_at = step_global
-        # Log after any stop decision, so the last window is always written.
-        if _crossed(step_global, per_iter, cfg.run.log_every) or last or solved_at is not None:
+
+        # -- the vote: one collective carries every decision that stops or saves ------
+        stop, bad_rank, solved = distributed.vote(
+            [interrupts.code(save_seconds), world.rank + 1 if nonfinite else 0, int(reached)]
+        )
+        if bad_rank:  # every rank stops here, before any checkpoint of the bad state
+            good = checkpoint.complete(out)
+            raise TrainingError(
+                f"non-finite loss or TD error on rank {bad_rank - 1} at update "
+                f"{int(learner.updates.numpy())} (env step {step}); nothing saved after it, "
+                f"last good checkpoint: {f'ckpt at {good[-1]} env steps' if good else 'none'}"
+                f" (lower learner.lr or check the env's rewards)"
+            )
+        if solved:
+            state.solved_at = step
+        if stop:
+            stopped = interrupts.reason(stop)
+            save()
+            break
+        # Log after the stop decision, so the last window is always written.
+        ending = last or state.solved_at is not None
+        if _crossed(step, per_iter, cfg.run.log_every) or ending:
             row = _log_point(window, learner, world, eps)
-            if not math.isfinite(row["loss"]) and window.updates:
-                # Averaged over ranks, so a NaN on any rank is a NaN here, on every rank.
-                raise TrainingError(f"non-finite loss at env step {step_global}")
             if log:
-                log.write("train", step_global, row)
-                log.progress(step_global, ret=row["episode_return"], sps=row["env_steps_per_s"])
-            window = Window()
-        every = cfg.run.checkpoint_every
-        save_now = bool(every) and _crossed(step_global, per_iter, every)
-        if world.is_chief and (save_now or last or solved_at is not None):
-            checkpoint.env_steps.assign(step_global)
-            manager.save(checkpoint_number=step_global)
-        if solved_at is not None:
+                log.write("train", step, row)
+                log.progress(step, ret=row["episode_return"], sps=row["env_steps_per_s"])
+            state.window = Window()
+        if _crossed(step, per_iter, cfg.run.checkpoint_every) or ending:
+            save()
+        if state.solved_at is not None:
             break
 
     train_seconds = time.perf_counter() - t_train
-    envs.close()
+    state.envs.close()
     summary = {
-        "env_steps": step_global,
+        "env_steps": state.env_steps,
         "updates": int(learner.updates.numpy()),
         "world_size": p,
-        "solved_at_env_steps": solved_at,
+        "solved_at_env_steps": state.solved_at,
         "train_seconds": round(train_seconds, 3),
         "process_seconds": round(time.perf_counter() - t_process, 3),
         "final_eval": last_eval,
         "run_dir": str(out),
     }
-    if world.is_chief and log:
-        export_policy(ExportedPolicy(learner.online, obs_dtype), cfg.env, out / "model")
-        log.close()
-        atomic_write(out / "summary.json", json.dumps(summary, indent=2))
-        print(
-            f"done: {step_global} env steps in {train_seconds:.1f} s; final eval mean "
-            f"{last_eval.get('return_mean', float('nan')):.1f}; outputs in {out}"
-        )
+    if stopped:
+        summary["stopped"] = stopped
+        if world.is_chief and log:
+            log.close()
+            print(
+                f"hvd-dqn: stopped by {stopped} at {state.env_steps} env steps; checkpoint "
+                f"written in {out}; run the same command to continue "
+                f"(exit code {EXIT_PREEMPTED})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return summary
+
+    def finish() -> None:
+        if world.is_chief and log:
+            export_policy(ExportedPolicy(learner.online, obs_dtype), cfg.env, out / "model")
+            log.close()
+            atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+            print(
+                f"done: {state.env_steps} env steps in {train_seconds:.1f} s; final eval mean "
+                f"{last_eval.get('return_mean', float('nan')):.1f}; outputs in {out}"
+            )
+
+    distributed.run_collectively(finish, f"writing the results to {out}")
     return summary
 
 
 def _crossed(step: int, per_iter: int, every: int) -> bool:
-    """True at the iteration where `step` passes a multiple of `every`."""
-    return step // every > (step - per_iter) // every
+    """True at the iteration where `step` passes a multiple of `every` (never for 0)."""
+    return every > 0 and step // every > (step - per_iter) // every
 
 
 def _log_point(window: Window, learner: Learner, world: World, eps: float) -> dict[str, float]:
@@ -345,10 +468,13 @@ def _log_point(window: Window, learner: Learner, world: World, eps: float) -> di
     }
 
 
-def _evaluate(cfg: Config, learner: Learner, world: World) -> dict[str, float]:
+def _evaluate(
+    cfg: Config, learner: Learner, world: World, interrupts: Interrupts
+) -> dict[str, float]:
     """Greedy evaluation, episodes split across ranks and gathered (collective)."""
 
     def act(obs: np.ndarray) -> np.ndarray:
+        interrupts.beat()  # a long evaluation is progress, not a stall
         return learner.greedy(obs).numpy()
 
     return evaluate(

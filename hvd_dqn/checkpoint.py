@@ -1,0 +1,442 @@
+"""A run's mutable state, and its checkpoints: the one place a run is saved and restored.
+
+`TrainState` holds everything the training loop changes as it goes. A checkpoint is
+that object on disk, so a run killed at any point restarts from its newest checkpoint
+as if it had never stopped (bit-identical with `run.deterministic`, same world size).
+
+On disk (Dopamine's checkpointer is the model: a marker written last):
+
+    RUN_DIR/checkpoints/
+      ckpt-000000020000/            one directory per checkpoint, named by env steps
+        learner.npz                 rank 0: online and target weights, Adam (step, m, v),
+                                    update count, each under its variable's name
+        rank-0.npz ... rank-<p-1>.npz
+                                    each rank's own part, written by that rank: its
+                                    replay (ring, priorities, RNG), its acting RNG, its
+                                    episodes in progress, its envs (pickled), its log
+                                    window's counters
+        state.json                  WRITTEN LAST, by rank 0 once every rank reported its
+                                    file complete: the shared counters (env steps,
+                                    update debt, ...), the world size, the format version
+      ckpt-000000020000.partial/    a save in progress (or interrupted): never read,
+                                    removed at the next start
+
+A save writes everything into `ckpt-N.partial/`, each file through a temporary name
+and fsync, then rank 0 writes `state.json` and renames the directory to `ckpt-N`:
+a directory named `ckpt-N` is complete by construction, and a reader never sees half a
+checkpoint. The newest `run.keep_checkpoints` are kept. Restoring tries the newest
+complete checkpoint first; one that fails to load on any rank (a truncated or missing
+file) is skipped with a warning and the one before it is used.
+
+What a restore brings back depends on what was saved:
+- same world size and the replay saved (`run.save_replay`): everything; the envs
+  continue their episodes where they were (CartPole, MinAtar: pickled; Atari: not, so each
+  episode in progress is cut as a time-limit truncation, bootstrapped, and the envs
+  restart from new episodes);
+- another world size, or the replay not saved: the learner and the shared counters;
+  each rank starts a new replay and new episodes and refills `learner.learning_starts`
+  env steps before it updates again.
+
+Rank 0 reads the shared part and Horovod broadcasts it, so other hosts need no copy of
+learner.npz; each rank reads its own rank file, which other hosts can see only when the
+run directory is on shared storage (otherwise they start a new replay, as above).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hvd_dqn.envs import load_envs, save_envs
+from hvd_dqn.replay import Replay, rng_state, set_rng_state
+
+FORMAT = "hvd_dqn-checkpoint-1"
+_NAME = re.compile(r"^ckpt-(\d+)$")
+_PARTIAL = re.compile(r"^ckpt-\d+\.partial$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file."""
+
+
+@dataclass
+class Window:
+    """Counters between two log points (this rank only, until averaged)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    env_steps: int = 0  # all ranks together
+    episodes: int = 0
+    return_sum: float = 0.0
+    length_sum: float = 0.0
+    updates: int = 0
+    update_seconds: float = 0.0
+    loss_sum: float = 0.0
+    q_sum: float = 0.0
+    calls: int = 0
+
+    _SAVED = (
+        "env_steps",
+        "episodes",
+        "return_sum",
+        "length_sum",
+        "updates",
+        "loss_sum",
+        "q_sum",
+        "calls",
+        "update_seconds",
+    )
+
+    def to_array(self) -> np.ndarray:
+        """The counters, and the seconds elapsed so far, as one float64 vector."""
+        values = [getattr(self, k) for k in self._SAVED]
+        return np.array([*values, time.perf_counter() - self.start], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> Window:
+        w = cls(start=time.perf_counter() - float(a[-1]))
+        for k, v in zip(cls._SAVED, a[:-1].tolist(), strict=True):
+            setattr(w, k, type(getattr(w, k))(v))
+        return w
+
+
+@dataclass
+class TrainState:
+    """All the mutable state of a run: what a checkpoint saves and restores.
+
+    Shared (identical on every rank): the learner's variables, `env_steps`,
+    `update_debt`, `learn_from`, `solved_at`, `wall_seconds`. This rank's own: its
+    replay, envs, current observations, acting RNG, episodes in progress, and the
+    counters of the current log window.
+    """
+
+    learner: Any  # hvd_dqn.learner.Learner (its tf.Variables: `learner.state`)
+    replay: Replay
+    envs: Any  # gymnasium VectorEnv
+    obs: np.ndarray  # [E, ...] the observations the next actions are taken in
+    rng: np.random.Generator  # epsilon-greedy draws
+    env_id: str  # which envs (envs.save_envs saves those it can restore exactly)
+    env_steps: int = 0  # all ranks together
+    update_debt: float = 0.0  # updates owed by replay_ratio, paid K at a time
+    learn_from: int = 0  # env steps (all ranks) from which updates start
+    solved_at: int | None = None  # env step of the evaluation that reached stop_at_return
+    wall_seconds: float = 0.0  # training wall-clock of earlier attempts (for metrics)
+    ep_return: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [E] raw, so far
+    ep_length: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    prev_ended: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    lives: np.ndarray | None = None  # [E] Atari lives at the last step
+    window: Window = field(default_factory=Window)
+
+    _SHARED = ("env_steps", "update_debt", "learn_from", "solved_at", "wall_seconds")
+
+    def shared(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._SHARED}
+
+    def rank_part(self, save_replay: bool) -> dict[str, np.ndarray]:
+        """This rank's own state as named arrays (for rank-R.npz)."""
+        out: dict[str, np.ndarray] = {
+            "rng": rng_state(self.rng),
+            "obs": self.obs,
+            "ep_return": self.ep_return,
+            "ep_length": self.ep_length,
+            "prev_ended": self.prev_ended,
+            "window": self.window.to_array(),
+        }
+        if self.lives is not None:
+            out["lives"] = self.lives
+        if save_replay:
+            out.update({f"replay/{k}": v for k, v in self.replay.state().items()})
+            envs = save_envs(self.envs, self.env_id)
+            if envs is not None:  # else episodes in progress are cut at a restore
+                out["envs"] = np.frombuffer(envs, dtype=np.uint8)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------
+
+
+def directory(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def _ckpt(run_dir: Path, step: int) -> Path:
+    return directory(run_dir) / f"ckpt-{step:012d}"
+
+
+def complete(run_dir: Path) -> list[int]:
+    """Env steps of the complete checkpoints in run_dir, oldest first."""
+    d = directory(run_dir)
+    if not d.is_dir():
+        return []
+    steps = []
+    for p in d.iterdir():
+        m = _NAME.match(p.name)
+        if m and (p / "state.json").is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def clean(run_dir: Path, keep: int) -> None:
+    """Rank 0: remove interrupted saves and all but the newest `keep` checkpoints."""
+    d = directory(run_dir)
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if _PARTIAL.match(p.name) or (_NAME.match(p.name) and not (p / "state.json").exists()):
+            shutil.rmtree(p, ignore_errors=True)
+    for step in complete(run_dir)[:-keep]:
+        shutil.rmtree(_ckpt(run_dir, step), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Saving (called by every rank at the same iteration; see train.py)
+# ---------------------------------------------------------------------------------------
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez through a temporary name, fsynced, then renamed: all or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """Rank 0: a fresh `ckpt-N.partial/` for the save at env step `step`."""
+    partial = _ckpt(run_dir, step).with_name(_ckpt(run_dir, step).name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def write_learner(partial: Path, learner: Any) -> None:
+    """Rank 0: learner.npz, each variable under its name."""
+    arrays = {f"{i:03d}/{v.name}": v.numpy() for i, v in enumerate(learner.state)}
+    _write_npz(partial / "learner.npz", arrays)
+
+
+def write_rank(partial: Path, rank: int, state: TrainState, save_replay: bool) -> None:
+    """Every rank: its own rank-R.npz."""
+    _write_npz(partial / f"rank-{rank}.npz", state.rank_part(save_replay))
+
+
+def finish(partial: Path, state: TrainState, world_size: int, keep: int, extra: dict) -> Path:
+    """Rank 0, after every rank wrote its file: state.json last, then the rename that
+    makes the checkpoint visible; then the oldest ones beyond `keep` go."""
+    meta = {"format": FORMAT, "world_size": world_size, **state.shared(), **extra}
+    tmp = partial / "state.json.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(meta, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, partial / "state.json")
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    if final.exists():  # a checkpoint of the same step from an earlier attempt
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    clean(partial.parent.parent, keep)
+    return final
+
+
+# ---------------------------------------------------------------------------------------
+# Restoring
+# ---------------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read now (a truncated file fails here, not later)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except Exception as exc:  # zipfile.BadZipFile, CRC errors, truncated data, ...
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def read_shared(run_dir: Path, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Rank 0: state.json and learner.npz of checkpoint `step` (CheckpointError if bad)."""
+    ckpt = _ckpt(run_dir, step)
+    try:
+        meta = json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt / 'state.json'}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{ckpt / 'state.json'}: not a checkpoint of this hvd_dqn version "
+            f"(format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+            f"expected {FORMAT!r})"
+        )
+    return meta, _read_npz(ckpt / "learner.npz")
+
+
+def read_rank(run_dir: Path, step: int, rank: int) -> dict[str, np.ndarray]:
+    """This rank's part of checkpoint `step` (CheckpointError if missing or bad)."""
+    return _read_npz(_ckpt(run_dir, step) / f"rank-{rank}.npz")
+
+
+def load_learner(learner: Any, arrays: dict[str, np.ndarray], where: str) -> None:
+    """Assign learner.npz's arrays to the learner's variables, names and shapes checked."""
+    variables = learner.state
+    names = sorted(arrays)
+    if len(names) != len(variables):
+        raise CheckpointError(
+            f"{where}: {len(names)} variables saved, the learner has {len(variables)} "
+            f"(a checkpoint of another network or version)"
+        )
+    for key, v in zip(names, variables, strict=True):
+        if key.split("/", 1)[1] != v.name or arrays[key].shape != tuple(v.shape):
+            raise CheckpointError(
+                f"{where}: variable {key} {arrays[key].shape} does not match "
+                f"{v.name} {tuple(v.shape)} (a checkpoint of another network)"
+            )
+    for key, v in zip(names, variables, strict=True):
+        v.assign(arrays[key])
+
+
+def load_rank(state: TrainState, part: dict[str, np.ndarray]) -> bool:
+    """Put this rank's saved part back into `state`. Returns True when the envs were
+    restored mid-episode, False when they must restart (then the replay's open
+    episodes are cut and the caller resets the envs)."""
+    set_rng_state(state.rng, part["rng"])
+    state.window = Window.from_array(part["window"])
+    replay = {k.split("/", 1)[1]: v for k, v in part.items() if k.startswith("replay/")}
+    state.replay.load_state(replay)
+    if "envs" in part:
+        try:
+            envs = load_envs(part["envs"].tobytes())
+        except Exception as exc:
+            print(f"hvd-dqn: warning: envs not restored ({exc}); episodes restart", file=sys.stderr)
+        else:
+            state.envs.close()
+            state.envs = envs
+            state.obs = part["obs"]
+            state.ep_return = part["ep_return"]
+            state.ep_length = part["ep_length"]
+            state.prev_ended = part["prev_ended"]
+            state.lives = part.get("lives")
+            return True
+    state.replay.cut_episodes(part["obs"])
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# The two entry points of the training loop (collective: every rank calls them together)
+# ---------------------------------------------------------------------------------------
+
+
+def save(run_dir: Path, state: TrainState, world: Any, cfg: Any, save_replay: bool) -> None:
+    """Checkpoint `state` at its env step: rank 0 opens `ckpt-N.partial/`, every rank
+    writes its file, rank 0 writes the learner, then state.json and the rename.
+
+    Each step runs through distributed.run_collectively, so a failure on any rank (a
+    full disk) ends every rank with one line naming the file, and the partial directory
+    is removed at the next start. A save never touches the older checkpoints until the
+    new one is complete."""
+    from hvd_dqn import distributed
+
+    step = state.env_steps
+    where = f"writing checkpoint {_ckpt(run_dir, step)}"
+    partial = _ckpt(run_dir, step).with_name(_ckpt(run_dir, step).name + ".partial")
+
+    def guarded(fn: Any) -> Any:
+        def run() -> Any:
+            try:
+                return fn()
+            except OSError as exc:  # a full disk, a read-only or vanished directory
+                name = exc.filename or partial
+                raise CheckpointError(f"{where}: {name}: {exc.strerror}") from None
+
+        return run
+
+    distributed.run_collectively(
+        guarded(lambda: begin(run_dir, step) if world.is_chief else None), where
+    )
+
+    def write() -> None:
+        if world.is_chief:
+            write_learner(partial, state.learner)
+        write_rank(partial, world.rank, state, save_replay)
+
+    distributed.run_collectively(guarded(write), where)
+    extra = {"replay_saved": save_replay}
+    distributed.run_collectively(
+        guarded(
+            lambda: (
+                finish(partial, state, world.size, cfg.run.keep_checkpoints, extra)
+                if world.is_chief
+                else None
+            )
+        ),
+        where,
+    )
+
+
+@dataclass(frozen=True)
+class Restored:
+    step: int  # env steps of the checkpoint restored
+    per_rank: bool  # this rank's replay, RNGs and window restored (else: new, refilled)
+    envs: bool  # this rank's envs restored mid-episode (else: they restart)
+
+
+def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
+    """Load the newest complete checkpoint that every rank can read into `state`
+    (rank 0's learner variables: the caller broadcasts them). A damaged one is skipped
+    with a warning on rank 0. CheckpointError when none can be read."""
+    from hvd_dqn import distributed
+
+    candidates = distributed.allgather_object(complete(run_dir)[::-1] if world.is_chief else [])[0]
+    for step in candidates:
+        # Rank 0 reads the shared part; everyone learns whether it could.
+        shared: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+        error = None
+        if world.is_chief:
+            try:
+                shared = read_shared(run_dir, step)
+                load_learner(state.learner, shared[1], str(_ckpt(run_dir, step) / "learner.npz"))
+            except CheckpointError as exc:
+                error = str(exc)
+        meta, error = distributed.allgather_object((shared[0] if shared else None, error))[0]
+        per_rank = bool(meta and meta["world_size"] == world.size and meta.get("replay_saved"))
+        part = None
+        if meta is not None and per_rank:
+            try:
+                part = read_rank(run_dir, step, world.rank)
+            except CheckpointError as exc:
+                error = str(exc)
+        errors = [e for e in distributed.allgather_object(error) if e]
+        if errors:
+            if world.is_chief:
+                print(
+                    f"hvd-dqn: warning: skipping damaged checkpoint {_ckpt(run_dir, step)}: "
+                    f"{errors[0]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            continue
+        assert meta is not None
+        for key in TrainState._SHARED:
+            setattr(state, key, meta[key])
+        envs = False
+        if part is not None:
+            envs = distributed.run_collectively(
+                functools.partial(load_rank, state, part), f"restoring {_ckpt(run_dir, step)}"
+            )
+        return Restored(step=step, per_rank=per_rank, envs=envs)
+    raise CheckpointError(
+        f"run directory {run_dir}: no readable checkpoint among {len(candidates)} "
+        f"(see the warnings above); move the run aside to start it again"
+    )

@@ -1,0 +1,128 @@
+"""Why a run stops before its end: signals, the wall-time limit, a lost launcher, a stall.
+
+Nothing here stops the run by itself, except the stall watchdog. Signals and the rest
+only raise a flag on this rank; the training loop puts the flags into its one vote per
+iteration (distributed.vote), so every rank stops at the same iteration, rank 0 writes a
+checkpoint, and every rank exits with EXIT_PREEMPTED: "stopped cleanly, run the same
+command again to continue".
+
+- SIGTERM, SIGUSR1, SIGINT: what SLURM (`scancel`, `--signal=B:USR1@N`, a time limit),
+  Kubernetes (pod deletion), AWS Batch (job termination), mpirun (it forwards SIGUSR1
+  and SIGTERM to the ranks) and Ctrl-C send. Caught once; a repeat is ignored, so a
+  signal that reaches a rank by two paths (the terminal and mpirun) is one stop.
+- `run.max_wall_time`: stop while there is still time to write the checkpoint (the
+  limit minus twice the last checkpoint's duration, and 10 s).
+- A lost launcher: `horovodrun` runs mpirun under `/bin/sh`; a SIGTERM to horovodrun
+  kills only that shell, and mpirun and the ranks went on as orphans (they would race a
+  resubmitted job). A rank started by mpirun therefore watches its parent (mpirun or
+  orted): when the parent is gone or has itself been orphaned, the launch was killed,
+  and the rank stops as if signalled.
+- The stall watchdog: if the loop makes no progress for `run.stall_timeout` seconds
+  (a rank stopped with SIGSTOP, a hung filesystem, a peer that vanished without its
+  connection closing), this rank prints one line and exits with code 1; the launcher
+  (mpirun, srun --kill-on-bad-exit) then ends the others. Horovod's own stall check does
+  not fire in that case: it runs in the coordinator's background loop, which is itself
+  blocked in the MPI/Gloo exchange with the stopped rank, and our per-iteration vote
+  is an MPI call outside Horovod altogether.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+_LAUNCHED_BY_MPI = ("OMPI_COMM_WORLD_SIZE",)  # Open MPI's mpirun/orted (and horovodrun)
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` from /proc, None if `pid` is gone (or not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # "pid (comm) state ppid ...": comm may hold spaces; split after its ')'
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Interrupts:
+    """This rank's stop flags, the launcher watch and the stall watchdog."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.signal = 0  # the first stop signal received (0: none)
+        self.launcher_lost = False
+        self.deadline: float | None = None  # time.monotonic() by which to stop
+        self.stall_timeout = 0.0
+        self._beat = time.monotonic()
+        self._rank = 0
+        environ = os.environ if environ is None else environ
+        self._parent = os.getppid()
+        # Only a rank that an MPI launcher started directly watches it: a plain
+        # `python`/`hvd-dqn` start may outlive its shell (nohup, a subshell) on purpose.
+        watch = any(k in environ for k in _LAUNCHED_BY_MPI) and self._parent > 1
+        self._grandparent = _parent_of(self._parent) if watch else None
+        for sig in SIGNALS:
+            signal.signal(sig, self._on_signal)
+        self._thread = threading.Thread(target=self._watch, name="hvd-dqn-watch", daemon=True)
+        self._thread.start()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self.signal:
+            self.signal = signum
+
+    def configure(self, rank: int, max_wall_time: float, stall_timeout: float) -> None:
+        """Start the wall-time clock and the stall watchdog (seconds; 0: off)."""
+        self._rank = rank
+        self.deadline = time.monotonic() + max_wall_time if max_wall_time else None
+        self.stall_timeout = stall_timeout
+        self.beat()
+
+    def beat(self) -> None:
+        """The loop made progress (called every iteration and during long phases)."""
+        self._beat = time.monotonic()
+
+    def out_of_time(self, save_seconds: float) -> bool:
+        """True once less time is left than a checkpoint needs (2x the last one, +10 s)."""
+        if self.deadline is None:
+            return False
+        return time.monotonic() > self.deadline - 2 * save_seconds - 10
+
+    def reason(self, code: int) -> str:
+        """Words for a vote's stop code (see `codes`)."""
+        if code >= 3:
+            return signal.Signals(code - 3).name
+        return {1: "the wall-time limit (run.max_wall_time)", 2: "the loss of the launcher"}.get(
+            code, "?"
+        )
+
+    def code(self, save_seconds: float) -> int:
+        """This rank's stop code for the vote: 0 none, 1 wall time, 2 launcher lost,
+        3 + signal number for a signal (the highest code wins the vote)."""
+        if self.signal:
+            return 3 + self.signal
+        if self.launcher_lost:
+            return 2
+        return 1 if self.out_of_time(save_seconds) else 0
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            if self._grandparent is not None and not self.launcher_lost:
+                now = _parent_of(self._parent)
+                if now is None or now != self._grandparent:
+                    self.launcher_lost = True
+            idle = time.monotonic() - self._beat
+            if self.stall_timeout and idle > self.stall_timeout:
+                print(
+                    f"hvd-dqn: error: rank {self._rank}: no progress for {idle:.0f} s "
+                    f"(run.stall_timeout={self.stall_timeout:g}): another rank stalled or "
+                    f"its host is unreachable; exiting so the launcher ends the job",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(1)
