@@ -12,6 +12,7 @@ observation is stored once, the final one included).
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from collections.abc import Sequence
 from typing import Any
@@ -51,8 +52,18 @@ def env_seeds(seed: int, rank: int, num_envs: int, segment: int = 0) -> list[int
     return [int(w) & ~1 for w in words]
 
 
-def _register(env_id: str) -> None:
-    """Make ALE/* and MinAtar/* ids known to gymnasium (imports only when needed)."""
+def _register(env_id: str) -> str:
+    """Make the id known to gymnasium and return it as the registry names it.
+
+    ALE/* and MinAtar/* import their packages; "module:Name-v0" imports `module` (which
+    registers Name-v0 on import), as gymnasium.make does, for envs of your own.
+    """
+    if ":" in env_id:
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"config field env.id: cannot import module {module!r} ({exc})") from None
     if is_atari(env_id):
         import ale_py
 
@@ -62,6 +73,7 @@ def _register(env_id: str) -> None:
 
         if env_id not in gym.registry:
             minatar.gym.register_envs()
+    return env_id
 
 
 def _atari_env(cfg: EnvConfig, **kwargs: Any) -> gym.Env:
@@ -96,10 +108,10 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, native: bool = True) -> gym.v
     native: use gymnasium's vectorized implementation where the env has one (one
     generator for all envs); False steps separate envs, each with its own seed.
     """
-    _register(cfg.id)
-    if cfg.id not in gym.registry:
+    env_id = _register(cfg.id)
+    if env_id not in gym.registry:
         raise ConfigError(f"config field env.id={cfg.id!r}: not a registered gymnasium id")
-    spec = gym.registry[cfg.id]
+    spec = gym.registry[env_id]
     kwargs: dict[str, Any] = {}
     if cfg.max_episode_steps:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
@@ -111,10 +123,10 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, native: bool = True) -> gym.v
         envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([make_one] * num_envs)
     elif native and spec.vector_entry_point is not None:
         envs = gym.make_vec(
-            cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
         )
     else:
-        envs = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
     check_spaces(cfg.id, envs.single_observation_space, envs.single_action_space)
     return envs
 

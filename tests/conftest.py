@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,3 +64,76 @@ def train_one_process(run: Path, total_steps: int, *sets: str) -> subprocess.Com
 @pytest.fixture
 def worker() -> Path:
     return WORKERS
+
+
+def launch(
+    args: list[str], np: int = 1, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start `hvd-dqn ARGS` (np=1) or `horovodrun -np N hvd-dqn ARGS` in the background,
+    in its own session (its own process group, as a terminal's foreground job is)."""
+    cmd = [str(BIN / "hvd-dqn"), *args]
+    if np > 1:
+        cmd = [str(BIN / "horovodrun"), "-np", str(np), *cmd]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or quiet_env(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll `condition` until it holds; fail if `proc` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def pids_of(pattern: str) -> list[int]:
+    """Processes whose command line contains `pattern` (pgrep -f)."""
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def rank_pids(run: Path) -> dict[int, int]:
+    """{rank: pid} of the training processes of run directory `run` (the Python
+    processes running hvd-dqn, not the launchers whose command lines name it too)."""
+    found = {}
+    for pid in pids_of(str(run)):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[1].endswith(b"/hvd-dqn") and argv[2] == b"train":
+            rank = 0
+            for item in environ:
+                if item.startswith(b"OMPI_COMM_WORLD_RANK=") or item.startswith(b"HOROVOD_RANK="):
+                    rank = int(item.split(b"=")[1])
+            found[rank] = pid
+    return found
+
+
+def kill_all(pattern: str) -> None:
+    for pid in pids_of(pattern):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["env_steps"] for line in path.read_text().splitlines() if line]
+
+
+def checkpoints(run: Path) -> list[int]:
+    """Env steps of the complete checkpoints of `run`."""
+    from hvd_dqn.checkpoint import complete
+
+    return complete(run)
