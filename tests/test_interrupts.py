@@ -1,0 +1,187 @@
+"""Stopping early, for real: signals to a rank and to the launchers, the wall-time limit,
+a stalled rank, a non-finite loss on one rank. Each leaves a run the same command
+continues (exit 75) or ends the job with one line (exit 1), and no rank behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    WORKERS,
+    checkpoints,
+    kill_all,
+    launch,
+    logged_steps,
+    pids_of,
+    quiet_env,
+    rank_pids,
+    wait_for,
+)
+
+EXIT_PREEMPTED = 75
+LONG = [
+    "--total-steps",
+    "200000",
+    "--no-progress",
+    "--set=run.checkpoint_every=0",
+    "--set=run.stop_at_return=none",
+    "--set=run.log_every=1000",
+]
+
+
+def _train(run: Path, *extra: str) -> list[str]:
+    return ["train", "--run-dir", str(run), *LONG, *extra]
+
+
+def _started(run: Path, proc: subprocess.Popen) -> None:
+    wait_for(lambda: bool(logged_steps(run)), proc)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_a_signal_writes_a_checkpoint_and_exits_75(tmp_path: Path, sig: str) -> None:
+    run = tmp_path / "run"
+    proc = launch(_train(run))
+    try:
+        _started(run, proc)
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        kill_all(str(run))
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert took < 5, f"{took:.1f} s from {sig} to exit"
+    (step,) = checkpoints(run)  # checkpoint_every=0: only the one the signal asked for
+    assert step >= 1000 and max(logged_steps(run)) <= step
+    assert f"stopped by {sig} at {step} env steps" in err
+    assert not (run / "summary.json").exists()
+    if sig != "SIGTERM":
+        return
+    # The same command continues; here it also stops at a wall-time limit, which is a
+    # clean stop with a checkpoint too.
+    t0 = time.monotonic()
+    proc = launch(_train(run, "--set=run.max_wall_time=12"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert time.monotonic() - t0 < 12 + 15  # process start-up is not in the limit
+    assert f"continuing {run} from env step {step}" in out
+    assert "stopped by the wall-time limit" in err
+    later = checkpoints(run)[-1]
+    assert later > step
+    rows = logged_steps(run)
+    assert rows == sorted(rows) and len(rows) == len(set(rows))
+
+
+def _mpirun_pid(run: Path) -> int:
+    (pid,) = [
+        p
+        for p in pids_of(str(run))
+        if Path(f"/proc/{p}/comm").read_text().strip() in ("mpirun", "orterun")
+    ]
+    return pid
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    ("sig", "target"),
+    [
+        ("SIGTERM", "horovodrun"),
+        ("SIGINT", "terminal"),  # Ctrl-C: the whole foreground process group
+        ("SIGUSR1", "mpirun"),
+        ("SIGTERM", "mpirun"),
+    ],
+)
+def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(
+    tmp_path: Path, sig: str, target: str
+) -> None:
+    run = tmp_path / "run"
+    proc = launch(_train(run), np=2)
+    try:
+        _started(run, proc)
+        assert len(rank_pids(run)) == 2
+        t0 = time.monotonic()
+        if target == "horovodrun":
+            proc.send_signal(getattr(signal, sig))
+        elif target == "terminal":
+            os.killpg(proc.pid, getattr(signal, sig))
+        else:
+            os.kill(_mpirun_pid(run), getattr(signal, sig))
+        deadline = time.monotonic() + 30
+        while rank_pids(run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        left = rank_pids(run)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        kill_all(str(run))
+    assert not left, f"ranks {left} outlived the launcher"
+    assert took < 10, f"{took:.1f} s until every rank had exited"
+    (step,) = checkpoints(run)
+    assert step >= 1000
+    assert f"at {step} env steps; checkpoint written" in err
+
+
+@pytest.mark.distributed
+def test_a_stalled_rank_ends_the_job_after_the_stall_timeout(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = launch(_train(run, "--set=run.stall_timeout=10"), np=2)
+    try:
+        _started(run, proc)
+        stopped = rank_pids(run)[1]
+        t0 = time.monotonic()
+        os.kill(stopped, signal.SIGSTOP)  # alive, holding its connections, silent
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        kill_all(str(run))
+    assert proc.returncode != 0
+    assert 10 <= took < 10 + 10, f"the job ended {took:.1f} s after the stall"
+    assert "rank 0: no progress for" in err and "run.stall_timeout=10" in err
+    assert checkpoints(run) == []  # nothing saved from a job that could not vote
+
+
+@pytest.mark.distributed
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_any_checkpoint_of_it(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    env = quiet_env(PYTHONPATH=str(WORKERS), EXPLODE_RANK="1")
+    args = [
+        "train",
+        "--run-dir",
+        str(run),
+        "--env",
+        "explode_env:Explode-v0",
+        "--total-steps",
+        "20000",
+        "--no-progress",
+        "--set=run.checkpoint_every=400",
+        "--set=learner.learning_starts=1000",
+    ]
+    proc = launch(args, np=2, env=env)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_all(str(run))
+    assert proc.returncode == 1
+    lines = [line for line in err.splitlines() if "hvd-dqn: error" in line]
+    assert len(lines) == 1, err[-3000:]
+    assert "non-finite loss or TD error on rank 1 at update" in lines[0]
+    saved = checkpoints(run)
+    assert saved and saved[-1] <= 1200  # updates began after 1000 env steps: it stopped there
+    assert "last good checkpoint: ckpt at" in lines[0]
+    for step in saved:
+        with np.load(run / "checkpoints" / f"ckpt-{step:012d}" / "learner.npz") as z:
+            assert all(np.isfinite(z[k]).all() for k in z.files)
+    assert not (run / "summary.json").exists()
+    assert all(
+        row.get("loss") is None or np.isfinite(row["loss"])
+        for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    )
