@@ -45,6 +45,7 @@ run directory is on shared storage (otherwise they start a new replay, as above)
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -205,12 +206,20 @@ def clean(run_dir: Path, keep: int) -> None:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez through a temporary name, fsynced, then renamed: all or nothing."""
+    """The .npz built in memory, then written through a temporary name, fsynced and
+    renamed: all or nothing. (Built in memory so that a full disk fails in one plain
+    write, not halfway through numpy's zip writer.)"""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -399,6 +408,7 @@ def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
     from hvd_dqn import distributed
 
     candidates = distributed.allgather_object(complete(run_dir)[::-1] if world.is_chief else [])[0]
+    reasons = []
     for step in candidates:
         # Rank 0 reads the shared part; everyone learns whether it could.
         shared: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
@@ -419,6 +429,7 @@ def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
                 error = str(exc)
         errors = [e for e in distributed.allgather_object(error) if e]
         if errors:
+            reasons.append(errors[0])
             if world.is_chief:
                 print(
                     f"hvd-dqn: warning: skipping damaged checkpoint {_ckpt(run_dir, step)}: "
@@ -437,6 +448,6 @@ def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
             )
         return Restored(step=step, per_rank=per_rank, envs=envs)
     raise CheckpointError(
-        f"run directory {run_dir}: no readable checkpoint among {len(candidates)} "
-        f"(see the warnings above); move the run aside to start it again"
+        f"run directory {run_dir}: none of its {len(candidates)} checkpoints can be read "
+        f"(newest: {reasons[0] if reasons else 'none'}); move the run aside to start again"
     )

@@ -335,12 +335,14 @@ def _check_field(path: str, value: Any, meta: Mapping[str, Any]) -> None:
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config field {path}={value!r}: must be a finite number")
+    op = ">" if meta.get("lo_open") else ">="
+    bound = f"{op} {lo}" if hi is None else f"in {'(' if op == '>' else '['}{lo}, {hi}]"
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
-        op = ">" if meta.get("lo_open") else ">="
-        bound = f"{op} {lo}" if hi is None else f"in {'(' if op == '>' else '['}{lo}, {hi}]"
         raise ConfigError(f"config field {path}={value!r}: must be {bound}")
     if hi is not None and value > hi:
-        raise ConfigError(f"config field {path}={value!r}: must be in [{lo}, {hi}]")
+        raise ConfigError(
+            f"config field {path}={value!r}: must be {bound if lo is not None else f'<= {hi}'}"
+        )
 
 
 def validate(cfg: Config) -> None:

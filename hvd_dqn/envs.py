@@ -24,7 +24,7 @@ from hvd_dqn.config import ConfigError, EnvConfig
 from hvd_dqn.dqn import epsilon_greedy
 
 MAX_ENVS_PER_RANK = 4096
-MAX_RANKS = 1 << 20
+MAX_RANKS = 1 << 19
 MAX_SEED = 1 << 32
 
 
@@ -33,23 +33,22 @@ def is_atari(env_id: str) -> bool:
 
 
 def env_seeds(seed: int, rank: int, num_envs: int, segment: int = 0) -> list[int]:
-    """One seed per env of this rank: even numbers below 2**32, drawn from
-    numpy's SeedSequence(seed, spawn_key=(rank, segment)).
+    """One seed per env of this rank: 2 * ((base + rank * E + i) mod 2**31), with E = 4096
+    and `base` a 32-bit number drawn by numpy's SeedSequence from (seed, segment).
 
-    Every (seed, rank, segment) gets its own independent stream (SeedSequence's
-    spawn keys), so envs of different ranks, and of a resumed run's restarted envs,
-    practically never share a seed (two of 64k envs collide with probability ~2**-20);
-    32 bits fit every env (MinAtar seeds numpy's legacy RandomState); even, so they
-    never meet the odd evaluation seeds (evaluate.eval_seed). `segment` is the env step
-    a resumed run restarts its envs at (0 for a fresh run).
+    Within one run (one seed and segment) every env of every rank (rank < 2**19) gets
+    its own seed by construction; another seed or segment moves the whole block to an
+    independent random place. The seeds fit 32 bits (MinAtar seeds numpy's legacy
+    RandomState) and are even, so they never meet the odd evaluation seeds
+    (evaluate.eval_seed). `segment` is the env step at which a resumed run restarts
+    its envs (0 for a fresh run): its new episodes are not the first attempt's.
     """
     if num_envs > MAX_ENVS_PER_RANK or rank >= MAX_RANKS or not 0 <= seed < MAX_SEED:
         raise ConfigError(
             f"env seeds: num_envs {num_envs}, rank {rank} or seed {seed} out of range"
         )
-    sequence = np.random.SeedSequence(seed, spawn_key=(rank, segment))
-    words = sequence.generate_state(num_envs, dtype=np.uint32)
-    return [int(w) & ~1 for w in words]
+    base = int(np.random.SeedSequence([seed, segment]).generate_state(1)[0])
+    return [2 * ((base + rank * MAX_ENVS_PER_RANK + i) % 2**31) for i in range(num_envs)]
 
 
 def _register(env_id: str) -> str:
@@ -63,7 +62,9 @@ def _register(env_id: str) -> str:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ConfigError(f"config field env.id: cannot import module {module!r} ({exc})") from None
+            raise ConfigError(
+                f"config field env.id: cannot import module {module!r} ({exc})"
+            ) from None
     if is_atari(env_id):
         import ale_py
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_dqn.config import ConfigError, EnvConfig
-from hvd_dqn.envs import run_episodes
+from hvd_dqn.envs import make_vector_env, run_episodes
 
 POLICY_FILE = "policy.json"
 
@@ -95,10 +95,13 @@ def load_policy(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], EnvConf
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path / POLICY_FILE}: unreadable ({exc})") from None
     model = tf.saved_model.load(str(path))
+    spec = model.q_values.concrete_functions[0].structured_input_signature[0][0]
+    shape = tuple(spec.shape[1:])
 
     def act(obs: np.ndarray) -> np.ndarray:
         return np.argmax(model.q_values(obs).numpy(), axis=1)
 
+    act.obs_shape = shape  # type: ignore[attr-defined]
     return act, env
 
 
@@ -107,6 +110,14 @@ def evaluate_command(target: str, episodes: int, env_id: str | None, eps: float)
     act, env = load_policy(Path(target))
     if env_id:
         env = replace(env, id=env_id)
+        probe = make_vector_env(env, 1, native=False)
+        shape = probe.single_observation_space.shape
+        probe.close()
+        if tuple(shape) != act.obs_shape:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"--env {env_id}: its observations have shape {tuple(shape)}, the policy in "
+                f"{target} takes {act.obs_shape}"  # type: ignore[attr-defined]
+            )
     stats = evaluate(act, env, episodes, eps)
     print(
         f"{env.id}: {episodes} episodes, epsilon {eps}: "

@@ -98,10 +98,13 @@ def inspect_run_dir(out: Path, cfg: Config) -> str:
 def prepare_run_dir(out: Path, cfg: Config, plan: str) -> None:
     """Rank 0: create the run dir, (re)write config.yaml, drop leftovers of interrupted
     saves and a stale summary. Nothing a run needs is removed."""
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"run directory {out}: not writable")
-    atomic_write(out / "config.yaml", to_yaml(cfg))  # a grown total_steps is recorded
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(out))
+        atomic_write(out / "config.yaml", to_yaml(cfg))  # a grown total_steps is recorded
+    except OSError as exc:
+        raise ConfigError(f"run directory {out}: cannot write there ({exc.strerror})") from None
     checkpoint.clean(out, cfg.run.keep_checkpoints)
     if plan == "continue":
         (out / "summary.json").unlink(missing_ok=True)  # written again at the end
@@ -236,10 +239,6 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
         ep_length=np.zeros(E, dtype=np.int64),
         prev_ended=np.zeros(E, dtype=bool),
     )
-    distributed.run_collectively(
-        lambda: prepare_run_dir(out, cfg, plan) if world.is_chief else None,
-        f"run directory {out}",
-    )
     if plan == "continue":
         resumed = checkpoint.restore(out, state, world, cfg)
         if not resumed.envs:  # new episodes, seeded apart from the first attempt's
@@ -247,6 +246,11 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             state.envs, state.obs = _make_envs(cfg, world, segment=state.env_steps)
         if not resumed.per_rank:  # a new replay: refill it before updating again
             state.learn_from = state.env_steps + cfg.learner.learning_starts
+    # Only now that a checkpoint loaded (or none was needed): a failed restore changes nothing.
+    distributed.run_collectively(
+        lambda: prepare_run_dir(out, cfg, plan) if world.is_chief else None,
+        f"run directory {out}",
+    )
     # Horovod: start from rank 0's weights and optimizer state (restored or initial).
     distributed.broadcast_variables(learner.state)
     log: RunLog | None = None

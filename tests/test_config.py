@@ -7,13 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from hvd_dqn.config import PRESETS, ConfigError, LearnerConfig, load, scaled_lr, to_yaml
+from hvd_dqn.config import (
+    PRESETS,
+    ConfigError,
+    LearnerConfig,
+    changed_fields,
+    load,
+    scaled_lr,
+    to_yaml,
+)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_load_and_validate(preset: str) -> None:
+def test_presets_round_trip_through_the_run_dirs_config_yaml(tmp_path: Path, preset: str) -> None:
     cfg = load(preset)
-    assert cfg.run.total_steps > 0
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    again = load(str(tmp_path / "config.yaml"))
+    assert again == cfg and changed_fields(cfg, again) == []
+    assert cfg != load("cartpole" if preset != "cartpole" else "minatar")
+
+
+def test_changed_fields_name_what_a_continued_run_may_not_change() -> None:
+    cfg = load("cartpole")
+    other = load("cartpole", ["learner.lr=0.01", "run.total_steps=5", "run.max_wall_time=60"])
+    assert changed_fields(cfg, other) == ["learner.lr"]  # total_steps and limits may change
 
 
 def test_preset_values() -> None:
@@ -48,7 +65,7 @@ def test_overrides_are_typed() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("learner.lr=-1", "config field learner.lr=-1.0: must be > 0.0"),
+        ("learner.lr=-1", "config field learner.lr=-1.0: must be in (0.0, 1.0]"),
         ("learner.gamma=1.5", "config field learner.gamma=1.5: must be in [0.0, 1.0]"),
         ("replay.capacity=abc", "config field replay.capacity='abc': expected int"),
         ("replay.capacity=2.5", "config field replay.capacity=2.5: expected int"),

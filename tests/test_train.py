@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import BIN, horovodrun, hvd_dqn, quiet_env, train_one_process
+from conftest import BIN, horovodrun, hvd_dqn, train_one_process
+
+from hvd_dqn import checkpoint
 
 
 def _rows(run: Path, kind: str) -> list[dict]:
@@ -26,7 +25,6 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
         "summary.json",
         "model/policy.json",
         "model/saved_model.pb",
-        "checkpoints/checkpoint",
     ):
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -45,6 +43,7 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
     ):
         assert key in train_rows[-1]
     assert _rows(run, "eval")
+    assert checkpoint.complete(run)[-1] == summary["env_steps"]  # the final checkpoint
     return summary
 
 
@@ -63,10 +62,19 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads(proc.stdout.splitlines()[-1])
     assert stats["episodes"] == 3 and stats["return_min"] <= stats["return_mean"]
-    # The same run directory is never overwritten.
+    # A policy is evaluated only on observations of its shape.
+    proc = hvd_dqn(["evaluate", str(run), "--episodes", "1", "--env", "MinAtar/Breakout-v1"])
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "observations have shape (10, 10, 4), the policy" in proc.stderr
+    # Another config in the same run directory is refused; the run is untouched.
+    before = (run / "metrics.jsonl").read_text()
     proc = hvd_dqn(["train", "--total-steps", "100", "--run-dir", str(run)])
-    assert proc.returncode == 1
-    assert "already holds a run" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert (
+        "another config (changed: run.log_every, run.eval_episodes, run.stop_at_return)"
+        in proc.stderr
+    )
+    assert (run / "metrics.jsonl").read_text() == before
 
 
 @pytest.mark.distributed
@@ -134,76 +142,120 @@ def test_stop_at_return_ends_the_run_at_the_first_good_evaluation(tmp_path: Path
     assert _rows(run, "eval")[-1]["return_mean"] >= 5
 
 
-def _q_values(model: Path, obs: np.ndarray) -> np.ndarray:
-    loaded = tf.saved_model.load(str(model))  # kept alive while q_values runs
-    return loaded.q_values(obs).numpy()
+# -- bad input: exit 2, one line naming the field or file, nothing written -----------------
+
+
+def _foreign_checkpoint(run: Path) -> None:
+    run.mkdir()
+    (run / "config.yaml").write_text(hvd_dqn_config_yaml(run))
+    ckpt = run / "checkpoints" / "ckpt-000000001000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text('{"format": "hvd_dqn-checkpoint-0"}')
+
+
+def hvd_dqn_config_yaml(run: Path) -> str:
+    from hvd_dqn.config import load, to_yaml
+
+    return to_yaml(load("cartpole", [f"run.run_dir={run}", "run.progress=false"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "make"),
+    [
+        (["--env", "NoSuchEnv-v0"], "env.id='NoSuchEnv-v0': not a registered gymnasium id", None),
+        (["--env", "Pendulum-v1"], "env.id='Pendulum-v1': action space", None),
+        (["--set", "learner.lr=1e30"], "learner.lr=1e+30: must be in (0.0, 1.0]", None),
+        (
+            ["--set", "replay.capacity=1000000000"],
+            "replay.capacity=1000000000: the replay needs",
+            None,
+        ),
+        (
+            ["--config", "atari", "--env", "CartPole-v1"],
+            "network.torso=nature: needs stacked",
+            None,
+        ),
+        ([], "exists and is not a directory", lambda run: run.write_text("a file")),
+        (
+            [],
+            "its config.yaml is not a config of this hvd_dqn",
+            lambda run: (run.mkdir(), (run / "config.yaml").write_text("learner:\n  lrr: 1\n")),
+        ),
+        ([], "not a checkpoint of this hvd_dqn version", _foreign_checkpoint),
+    ],
+    ids=[
+        "unknown-env",
+        "continuous",
+        "absurd-lr",
+        "replay-too-big",
+        "cnn-on-vectors",
+        "run-dir-is-a-file",
+        "foreign-config",
+        "foreign-checkpoint",
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message, make) -> None:
+    run = tmp_path / "run"
+    if make:
+        make(run)
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    proc = hvd_dqn(["train", "--run-dir", str(run), "--no-progress", *args])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "hvd-dqn: warning" not in line]
+    assert len(errors) == 1 and errors[0].startswith("hvd-dqn: error: "), proc.stderr
+    assert message in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_dir_that_cannot_be_created_is_a_usage_error() -> None:
+    proc = hvd_dqn(["train", "--run-dir", "/proc/hvd-dqn-run", "--no-progress"])
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "run directory /proc/hvd-dqn-run: cannot write there" in proc.stderr
 
 
 @pytest.mark.distributed
-def test_resume_restores_the_learner_and_goes_on(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    sets = ["--set=run.eval_episodes=2", "--set=run.log_every=400", "--set=run.stop_at_return=none"]
-    train = [str(BIN / "hvd-dqn"), "train", "--no-progress"]
-    proc = horovodrun([*train, "--total-steps", "2000", "--run-dir", str(run), *sets])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    first = json.loads((run / "summary.json").read_text())
-    (run / "model").rename(tmp_path / "model-2000")
-    # A line written after the last checkpoint, as by a run that then crashed.
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"kind": "train", "env_steps": 2100, "wall_seconds": 1e6}) + "\n")
-    # 400 more steps: fewer than learning_starts (1000), so no update happens after the
-    # restore, and the exported policy must be exactly the checkpointed one.
-    proc = horovodrun([*train, "--resume", str(run), "--total-steps", "2400"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = _check_run_dir(run, 2400)
-    assert summary["env_steps"] == 2400 and summary["updates"] == first["updates"] > 0
-    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    np.testing.assert_array_equal(
-        _q_values(run / "model", obs), _q_values(tmp_path / "model-2000", obs)
-    )
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["env_steps"] for r in rows if r["kind"] == "train"]
-    assert steps == [400, 800, 1200, 1600, 2000, 2400]  # the stale 2100 row is gone
-    walls = [r["wall_seconds"] for r in rows]
-    assert walls == sorted(walls) and walls[-1] < 1e6
-    assert "total_steps: 2400" in (run / "config.yaml").read_text()
-    # Asking for no more steps than are done is refused and changes nothing.
-    proc = horovodrun([*train, "--resume", str(run), "--total-steps", "2400"])
-    assert proc.returncode == 2 and "already at 2400 env steps" in proc.stderr
-    assert "total_steps: 2400" in (run / "config.yaml").read_text()
+def test_bad_input_under_two_ranks_is_one_line_from_rank_0(tmp_path: Path) -> None:
+    for args, message in (
+        (["--env", "NoSuchEnv-v0"], "not a registered gymnasium id"),
+        (["--run-dir", str(tmp_path / "f")], "exists and is not a directory"),
+    ):
+        (tmp_path / "f").write_text("a file")
+        proc = horovodrun(
+            [
+                str(BIN / "hvd-dqn"),
+                "train",
+                "--no-progress",
+                "--run-dir",
+                str(tmp_path / "r"),
+                *args,
+            ]
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if "hvd-dqn: error" in line]
+        assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "shut down" not in proc.stderr
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    args = ["train", "--total-steps", "1000000", "--run-dir", str(run), "--no-progress"]
-    sets = ["--set=run.checkpoint_every=1000", "--set=run.stop_at_return=none"]
-    proc = subprocess.Popen([str(BIN / "hvd-dqn"), *args, *sets], env=quiet_env())
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_survives(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(disk)])
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
     try:
-        deadline = time.monotonic() + 240
-        while not list((run / "checkpoints").glob("ckpt-2000.index")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+        run = disk / "run"
+        proc = train_one_process(
+            run, 20000, "run.checkpoint_every=1000", "run.stop_at_return=none", "run.eval_every=0"
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "writing checkpoint" in proc.stderr and "No space left on device" in proc.stderr
+        saved = checkpoint.complete(run)
+        assert saved and saved[-1] < 20000
+        last = run / "checkpoints" / f"ckpt-{saved[-1]:012d}"
+        assert checkpoint.read_rank(run, saved[-1], 0) and (last / "learner.npz").exists()
     finally:
-        proc.kill()  # SIGKILL: no clean-up code runs
-        proc.wait()
-    assert not (run / "summary.json").exists()
-    # ckpt-2000 or, if killed between its files and the index, ckpt-1000
-    done = int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
-    assert done in (1000, 2000, 3000)
-    proc = hvd_dqn(["train", "--resume", str(run), "--total-steps", str(done + 1000)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = _check_run_dir(run, done + 1000)
-    assert summary["env_steps"] == done + 1000 and summary["updates"] > 0
-
-
-def test_resume_refuses_config_changes_and_missing_runs(tmp_path: Path) -> None:
-    proc = hvd_dqn(["train", "--resume", str(tmp_path), "--set", "learner.lr=0.1"])
-    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
-    assert "only --total-steps may change (got learner.lr)" in proc.stderr
-    proc = hvd_dqn(["train", "--resume", str(tmp_path / "nothing")])
-    assert proc.returncode == 1 and "no config.yaml" in proc.stderr
-    (tmp_path / "config.yaml").write_text("run:\n  total_steps: 5000\n")
-    proc = hvd_dqn(["train", "--resume", str(tmp_path)])
-    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1
-    assert "no checkpoint to resume from" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing written
+        subprocess.run(["umount", str(disk)])
