@@ -86,7 +86,7 @@ fi
 # 5. The package ---------------------------------------------------------------------
 # mpi4py is compiled against the system Open MPI (a binary wheel may carry another MPI).
 say "installing hvd_dqn[$EXTRAS]"
-PIP_NO_BINARY=mpi4py "${PIP[@]}" -e "$ROOT[$EXTRAS]"
+PIP_NO_BINARY=mpi4py "${PIP[@]}" -e "${ROOT}[${EXTRAS}]"
 
 # 6. Check the build ------------------------------------------------------------------
 check=$("$VENV/bin/horovodrun" --check-build)

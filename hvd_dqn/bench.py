@@ -4,6 +4,8 @@
     hvd-dqn bench update   [--json F]   ms per update, compute vs allreduce, 1 vs 2 ranks
     hvd-dqn bench scaling  [--json F]   aggregate throughput at 1 and 2 ranks
     hvd-dqn bench solve --seeds 0,1,2 [--np 2] [--json F]   time to solve CartPole-v1
+    hvd-dqn bench faults   [--json F]   signals, deaths, stalls: seconds until every rank
+                                        exited, exit code, checkpoint left
 
 Multi-rank figures come from real `horovodrun -np N` runs started by the bench itself,
 so each table compares 1 process and N ranks measured side by side. Timings are the
@@ -400,5 +402,153 @@ def bench_solve(
         f"{result['median_env_steps']:,.0f} env steps, "
         f"{result['median_process_seconds']:.1f} s process wall-clock"
     )
+    _write(json_path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# faults: signals, deaths and stalls under each launcher, time until every rank is gone
+# ---------------------------------------------------------------------------------------
+
+
+def rank_pids(run_dir: Path) -> dict[int, int]:
+    """{rank: pid} of the processes training into `run_dir` (Python running hvd-dqn,
+    not the launchers whose command lines name it too), from /proc."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if str(run_dir).encode() not in argv:
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[1].endswith(b"/hvd-dqn") and argv[2] == b"train":
+            rank = 0
+            for item in environ:
+                if item.startswith((b"OMPI_COMM_WORLD_RANK=", b"HOROVOD_RANK=")):
+                    rank = int(item.split(b"=")[1])
+            found[rank] = int(proc.name)
+    return found
+
+
+def _launcher_pid(proc: subprocess.Popen, name: str) -> int:
+    """The pid of `name` (mpirun) among the descendants of `proc`, else proc's own."""
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "comm").read_text().strip() == name and os.getsid(int(p.name)) == proc.pid:
+                    return int(p.name)
+            except (OSError, ProcessLookupError):
+                continue
+    return proc.pid
+
+
+def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10) -> dict:
+    """Start a 2-rank (1 for launcher "none") CartPole run, apply `fault` after its first
+    log row, and measure the seconds until no rank is left, the exit code, and the
+    checkpoint left behind."""
+    import signal
+
+    from hvd_dqn.checkpoint import complete
+
+    train = [
+        str(BIN / "hvd-dqn"),
+        "train",
+        "--run-dir",
+        str(run),
+        "--total-steps",
+        "500000",
+        "--no-progress",
+        "--set=run.checkpoint_every=0",
+        "--set=run.stop_at_return=none",
+        "--set=run.log_every=1000",
+        f"--set=run.stall_timeout={stall_timeout}",
+    ]
+    prefix = {
+        "none": [],
+        "horovodrun": [str(BIN / "horovodrun"), "-np", "2"],
+        "mpirun": ["mpirun", "--allow-run-as-root", "-np", "2"],
+    }[launcher]
+    proc = subprocess.Popen(
+        prefix + train,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_quiet_env(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{launcher} run did not start: {proc.stderr.read()[-500:]}")  # type: ignore[union-attr]
+            time.sleep(0.05)
+        ranks = rank_pids(run)
+        last = ranks[max(ranks)]
+        name = "mpirun" if launcher != "none" else ""
+        t0 = time.monotonic()
+        if fault == "SIGTERM to every rank":
+            for pid in ranks.values():
+                os.kill(pid, signal.SIGTERM)
+        elif fault == "Ctrl-C (SIGINT to the group)":
+            os.killpg(proc.pid, signal.SIGINT)
+        elif fault.endswith("to the launcher"):
+            sig = getattr(signal, fault.split()[0])
+            os.kill(_launcher_pid(proc, name) if launcher == "mpirun" else proc.pid, sig)
+        elif fault == "SIGKILL of the last rank":
+            os.kill(last, signal.SIGKILL)
+        elif fault == "SIGSTOP of the last rank":
+            os.kill(last, signal.SIGSTOP)
+        while rank_pids(run) and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+        seconds = time.monotonic() - t0
+        code = proc.wait(timeout=60)
+    finally:
+        for pid in rank_pids(run).values():
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    saved = complete(run)
+    return {
+        "launcher": launcher,
+        "fault": fault,
+        "seconds_to_exit": round(seconds, 2),
+        "exit_code": code,
+        "checkpoint_on_stop": bool(saved),
+        "resumable": bool(saved) or not (run / "summary.json").exists(),
+    }
+
+
+FAULTS = {
+    "none": ["SIGTERM to every rank", "SIGUSR1 to the launcher", "SIGINT to the launcher"],
+    "horovodrun": [
+        "SIGTERM to every rank",
+        "SIGTERM to the launcher",
+        "Ctrl-C (SIGINT to the group)",
+        "SIGKILL of the last rank",
+        "SIGSTOP of the last rank",
+    ],
+    "mpirun": [
+        "SIGUSR1 to the launcher",
+        "SIGTERM to the launcher",
+        "SIGKILL of the last rank",
+        "SIGSTOP of the last rank",
+    ],
+}
+
+
+def bench_faults(json_path: str | None) -> dict[str, Any]:
+    """Every fault of FAULTS under its launcher, once each (a few minutes)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for launcher, faults in FAULTS.items():
+            for i, fault in enumerate(faults):
+                rows.append(fault_trial(launcher, fault, Path(tmp) / f"{launcher}-{i}"))
+                print(_table(rows[-1:], list(rows[-1])), flush=True)
+    print(_table(rows, list(rows[0])))
+    result = {"bench": "faults", "stall_timeout": 10, "rows": rows}
     _write(json_path, result)
     return result

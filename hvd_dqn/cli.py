@@ -3,7 +3,7 @@
     hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
     hvd-dqn train --resume RUN_DIR [--total-steps N]    (explicit form of continuing)
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E]
-    hvd-dqn bench {act,update,scaling,solve} [--json FILE]
+    hvd-dqn bench {act,update,scaling,solve,faults} [--json FILE]
     hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
     hvd-dqn doctor
 
@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--eps", type=float, default=0.0, help="evaluation epsilon (default 0)")
 
     bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
-    bench.add_argument("which", choices=("act", "update", "scaling", "solve", "update-worker"))
+    bench.add_argument(
+        "which", choices=("act", "update", "scaling", "solve", "faults", "update-worker")
+    )
     bench.add_argument("--json", help="write the results to this file")
     bench.add_argument("--np", type=int, default=2, help="ranks for multi-rank runs (2)")
     bench.add_argument("--seeds", default="0,1,2", help="solve: comma-separated seeds")
@@ -164,6 +166,8 @@ def _bench(args: argparse.Namespace) -> int:
         bench.bench_act(args.json)
     elif args.which == "update":
         bench.bench_update(args.json, args.np)
+    elif args.which == "faults":
+        bench.bench_faults(args.json)
     elif args.which == "update-worker":
         bench.update_worker(args.json)
     elif args.which == "scaling":

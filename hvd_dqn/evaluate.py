@@ -78,8 +78,11 @@ def export_policy(module: tf.Module, env: EnvConfig, path: Path) -> None:
     tmp.rename(path)
 
 
-def load_policy(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], EnvConfig]:
-    """A greedy `act(obs)` and the env settings from an exported policy (or a run dir)."""
+def load_policy(
+    path: Path,
+) -> tuple[Callable[[np.ndarray], np.ndarray], EnvConfig, tuple[int, ...]]:
+    """A greedy `act(obs)`, the env settings and the observation shape it takes, from an
+    exported policy (or a run dir)."""
     if (path / "model" / POLICY_FILE).exists():
         path = path / "model"
     if not (path / POLICY_FILE).exists():
@@ -96,27 +99,26 @@ def load_policy(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], EnvConf
         raise ConfigError(f"{path / POLICY_FILE}: unreadable ({exc})") from None
     model = tf.saved_model.load(str(path))
     spec = model.q_values.concrete_functions[0].structured_input_signature[0][0]
-    shape = tuple(spec.shape[1:])
+    shape = tuple(int(d) for d in spec.shape[1:])
 
     def act(obs: np.ndarray) -> np.ndarray:
         return np.argmax(model.q_values(obs).numpy(), axis=1)
 
-    act.obs_shape = shape  # type: ignore[attr-defined]
-    return act, env
+    return act, env, shape
 
 
 def evaluate_command(target: str, episodes: int, env_id: str | None, eps: float) -> int:
     """`hvd-dqn evaluate`: print mean, std, min, max of raw returns; 0 on success."""
-    act, env = load_policy(Path(target))
+    act, env, takes = load_policy(Path(target))
     if env_id:
         env = replace(env, id=env_id)
         probe = make_vector_env(env, 1, native=False)
-        shape = probe.single_observation_space.shape
+        shape = tuple(probe.single_observation_space.shape or ())
         probe.close()
-        if tuple(shape) != act.obs_shape:  # type: ignore[attr-defined]
+        if shape != takes:
             raise ConfigError(
-                f"--env {env_id}: its observations have shape {tuple(shape)}, the policy in "
-                f"{target} takes {act.obs_shape}"  # type: ignore[attr-defined]
+                f"--env {env_id}: its observations have shape {shape}, the policy in "
+                f"{target} takes {takes}"
             )
     stats = evaluate(act, env, episodes, eps)
     print(

@@ -101,22 +101,10 @@ def pids_of(pattern: str) -> list[int]:
 
 
 def rank_pids(run: Path) -> dict[int, int]:
-    """{rank: pid} of the training processes of run directory `run` (the Python
-    processes running hvd-dqn, not the launchers whose command lines name it too)."""
-    found = {}
-    for pid in pids_of(str(run)):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 2 and argv[1].endswith(b"/hvd-dqn") and argv[2] == b"train":
-            rank = 0
-            for item in environ:
-                if item.startswith(b"OMPI_COMM_WORLD_RANK=") or item.startswith(b"HOROVOD_RANK="):
-                    rank = int(item.split(b"=")[1])
-            found[rank] = pid
-    return found
+    """{rank: pid} of the training processes of run directory `run`."""
+    from hvd_dqn.bench import rank_pids as ranks
+
+    return ranks(run)
 
 
 def kill_all(pattern: str) -> None:

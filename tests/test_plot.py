@@ -38,4 +38,4 @@ def test_plot_and_bench_refuse_bad_input(tmp_path: Path) -> None:
         proc.stderr
     )
     proc = hvd_dqn(["bench", "solve", "--set", "learner.lr=0"])
-    assert proc.returncode == 2 and "learner.lr=0.0: must be > 0.0" in proc.stderr
+    assert proc.returncode == 2 and "learner.lr=0.0: must be in (0.0, 1.0]" in proc.stderr

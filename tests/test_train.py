@@ -215,7 +215,8 @@ def test_a_run_dir_that_cannot_be_created_is_a_usage_error() -> None:
 
 
 @pytest.mark.distributed
-def test_bad_input_under_two_ranks_is_one_line_from_rank_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gloo", [False, True], ids=["mpi", "gloo"])
+def test_bad_input_under_two_ranks_is_one_line_from_rank_0(tmp_path: Path, gloo: bool) -> None:
     for args, message in (
         (["--env", "NoSuchEnv-v0"], "not a registered gymnasium id"),
         (["--run-dir", str(tmp_path / "f")], "exists and is not a directory"),
