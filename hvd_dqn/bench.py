@@ -448,8 +448,9 @@ def _launcher_pid(proc: subprocess.Popen, name: str) -> int:
 
 def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10) -> dict:
     """Start a 2-rank (1 for launcher "none") CartPole run, apply `fault` after its first
-    log row, and measure the seconds until no rank is left, the exit code, and the
-    checkpoint left behind."""
+    log row, and measure the seconds until no rank is left, the exit code, and the env
+    steps of the checkpoint left behind (0: none; checkpoint_every is 0, so any checkpoint
+    is the one written on the stop)."""
     import signal
 
     from hvd_dqn.checkpoint import complete
@@ -470,6 +471,7 @@ def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10)
     prefix = {
         "none": [],
         "horovodrun": [str(BIN / "horovodrun"), "-np", "2"],
+        "horovodrun --gloo": [str(BIN / "horovodrun"), "--gloo", "-np", "2"],
         "mpirun": ["mpirun", "--allow-run-as-root", "-np", "2"],
     }[launcher]
     proc = subprocess.Popen(
@@ -512,13 +514,14 @@ def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     saved = complete(run)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
     return {
         "launcher": launcher,
         "fault": fault,
         "seconds_to_exit": round(seconds, 2),
         "exit_code": code,
-        "checkpoint_on_stop": bool(saved),
-        "resumable": bool(saved) or not (run / "summary.json").exists(),
+        "logged_env_steps": json.loads(rows[-1])["env_steps"],
+        "checkpoint_env_steps": saved[-1] if saved else 0,
     }
 
 
@@ -528,6 +531,12 @@ FAULTS = {
         "SIGTERM to every rank",
         "SIGTERM to the launcher",
         "Ctrl-C (SIGINT to the group)",
+        "SIGKILL of the last rank",
+        "SIGSTOP of the last rank",
+    ],
+    "horovodrun --gloo": [
+        "SIGTERM to every rank",
+        "SIGTERM to the launcher",
         "SIGKILL of the last rank",
         "SIGSTOP of the last rank",
     ],
