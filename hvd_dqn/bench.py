@@ -428,7 +428,7 @@ def rank_pids(run_dir: Path) -> dict[int, int]:
         if len(argv) > 2 and argv[1].endswith(b"/hvd-dqn") and argv[2] == b"train":
             rank = 0
             for item in environ:
-                if item.startswith((b"OMPI_COMM_WORLD_RANK=", b"HOROVOD_RANK=")):
+                if item.startswith((b"OMPI_COMM_WORLD_RANK=", b"HOROVOD_RANK=", b"PMIX_RANK=")):
                     rank = int(item.split(b"=")[1])
             found[rank] = int(proc.name)
     return found

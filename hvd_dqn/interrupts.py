@@ -8,8 +8,10 @@ command again to continue".
 
 - SIGTERM, SIGUSR1, SIGINT: what SLURM (`scancel`, `--signal=B:USR1@N`, a time limit),
   Kubernetes (pod deletion), AWS Batch (job termination), mpirun (it forwards SIGUSR1
-  and SIGTERM to the ranks) and Ctrl-C send. Caught once; a repeat is ignored, so a
-  signal that reaches a rank by two paths (the terminal and mpirun) is one stop.
+  and SIGTERM to the ranks) and Ctrl-C send. Taken by a thread of ours (sigtimedwait),
+  so they arrive even while the main thread waits inside TensorFlow or MPI; a repeat is
+  ignored, so a signal that reaches a rank by two paths (the terminal and mpirun) is
+  one stop.
 - `run.max_wall_time`: stop while there is still time to write the checkpoint (the
   limit minus twice the last checkpoint's duration, and 10 s).
 - A lost launcher: `horovodrun` runs mpirun under `/bin/sh`; a SIGTERM to horovodrun
@@ -17,6 +19,12 @@ command again to continue".
   resubmitted job). A rank started by mpirun therefore watches its parent (mpirun or
   orted): when the parent is gone or has itself been orphaned, the launch was killed,
   and the rank stops as if signalled.
+- A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
+  Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
+  collective the dead rank never joins. So once a stop signal has arrived, a rank that
+  makes no progress for SIGNAL_GRACE seconds (outside a checkpoint being written) exits
+  at once with 128 + the signal's number, as it would have without a handler; the run
+  goes on from its previous checkpoint.
 - The stall watchdog: if the loop makes no progress for `run.stall_timeout` seconds
   (a rank stopped with SIGSTOP, a hung filesystem, a peer that vanished without its
   connection closing), this rank prints one line and exits with code 1; the launcher
@@ -36,6 +44,7 @@ import time
 from collections.abc import Mapping
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
+SIGNAL_GRACE = 3.0  # seconds a signalled rank waits for the loop to reach the vote
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 _LAUNCHED_BY_MPI = ("OMPI_COMM_WORLD_SIZE",)  # Open MPI's mpirun/orted (and horovodrun)
 
@@ -55,6 +64,8 @@ class Interrupts:
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.signal = 0  # the first stop signal received (0: none)
+        self._signal_time = 0.0
+        self.saving = False  # a checkpoint is being written: no signal grace then
         self.launcher_lost = False
         self.deadline: float | None = None  # time.monotonic() by which to stop
         self.stall_timeout = 0.0
@@ -66,14 +77,19 @@ class Interrupts:
         # `python`/`hvd-dqn` start may outlive its shell (nohup, a subshell) on purpose.
         watch = any(k in environ for k in _LAUNCHED_BY_MPI) and self._parent > 1
         self._grandparent = _parent_of(self._parent) if watch else None
-        for sig in SIGNALS:
-            signal.signal(sig, self._on_signal)
+        # The stop signals are blocked in every thread (threads that TensorFlow, Horovod
+        # and MPI start later inherit the mask) and taken by the watch thread with
+        # sigtimedwait. A Python signal handler would run only when the main thread
+        # returns to the interpreter, never while it waits inside an allreduce whose
+        # peer died.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         self._thread = threading.Thread(target=self._watch, name="hvd-dqn-watch", daemon=True)
         self._thread.start()
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        if not self.signal:
+    def _on_signal(self, signum: int) -> None:
+        if not self.signal:  # a repeat (the same signal by two paths) is one stop
             self.signal = signum
+            self._signal_time = time.monotonic()
 
     def configure(self, rank: int, max_wall_time: float, stall_timeout: float) -> None:
         """Start the wall-time clock and the stall watchdog (seconds; 0: off)."""
@@ -111,12 +127,27 @@ class Interrupts:
 
     def _watch(self) -> None:
         while True:
-            time.sleep(1.0)
+            received = signal.sigtimedwait(SIGNALS, 0.25)
+            if received is not None:
+                self._on_signal(received.si_signo)
             if self._grandparent is not None and not self.launcher_lost:
-                now = _parent_of(self._parent)
-                if now is None or now != self._grandparent:
+                grandparent = _parent_of(self._parent)
+                if grandparent is None or grandparent != self._grandparent:
                     self.launcher_lost = True
-            idle = time.monotonic() - self._beat
+            now = time.monotonic()
+            idle = now - self._beat
+            if self.signal and not self.saving:
+                waited = now - max(self._signal_time, self._beat)
+                if waited > SIGNAL_GRACE:
+                    name = signal.Signals(self.signal).name
+                    print(
+                        f"hvd-dqn: error: rank {self._rank}: {name} received but the other "
+                        f"ranks did not reach the next vote within {SIGNAL_GRACE:g} s (one "
+                        f"died?); exiting without a checkpoint",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    os._exit(128 + self.signal)
             if self.stall_timeout and idle > self.stall_timeout:
                 print(
                     f"hvd-dqn: error: rank {self._rank}: no progress for {idle:.0f} s "

@@ -128,9 +128,10 @@ def check_replay_fits(
 ) -> int:
     """The replay's bytes per rank; ConfigError before allocation when this host's
     ranks together would need more than 80 % of its available memory."""
-    lane_slots = capacity
     frame = int(np.prod(obs_shape[1:] if stack > 1 else obs_shape)) * np.dtype(obs_dtype).itemsize
-    need = lane_slots * (frame + 4 + 4 + 1 + 1 + 1 + 4) + 2 * 8 * capacity  # + sum tree
+    # per slot: the frame, action (int32), reward (float32), three flags, episode step
+    # (int32); the sum tree: two float64 per leaf
+    need = capacity * (frame + 4 + 4 + 3 + 4) + 2 * 8 * capacity
     free = _available_memory()
     if free and need * ranks_here > _USE_MEMORY * free:
         raise ConfigError(
@@ -278,9 +279,13 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
         nonlocal save_seconds
         t0 = time.perf_counter()
         state.wall_seconds = time.perf_counter() - t_train
-        checkpoint.save(out, state, world, cfg, save_replay)
+        interrupts.saving = True  # a long write is progress, not a stall
+        try:
+            checkpoint.save(out, state, world, cfg, save_replay)
+        finally:
+            interrupts.saving = False
+            interrupts.beat()
         save_seconds = time.perf_counter() - t0
-        interrupts.beat()
 
     while state.env_steps < cfg.run.total_steps:
         interrupts.beat()
