@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   set up what is missing, then train on the default (CartPole-v1, 2 ranks)
-#   make test    set up what is missing, then lint, type-check and run the tests
+#   make test    set up what is missing (SLURM and shellcheck too), then lint, type-check
+#                and run the tests
 # The first set-up compiles Horovod from source (about 5-8 minutes on 2 cores).
 
 VENV ?= .venv
@@ -8,6 +9,8 @@ NP ?= 2
 ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := $(VENV)/.test-tools
+SHELL_SCRIPTS := slurm/train.sbatch docker/install.sh docker/install-test-tools.sh .ci/run
 COMPAT_VENV := .venv-compat
 
 .PHONY: setup train test lint typecheck compat doctor clean
@@ -24,9 +27,15 @@ train: setup
 doctor: setup
 	$(BIN)/horovodrun -np $(NP) $(BIN)/hvd-dqn doctor
 
-lint: setup
+# SLURM, munge and shellcheck from Debian's packages (for the SLURM tests and the linter).
+$(TOOLS): docker/install-test-tools.sh $(STAMP)
+	bash docker/install-test-tools.sh
+	touch $@
+
+lint: setup $(TOOLS)
 	$(BIN)/ruff check hvd_dqn tests
 	$(BIN)/ruff format --check hvd_dqn tests
+	shellcheck $(SHELL_SCRIPTS)
 
 typecheck: setup
 	$(BIN)/mypy hvd_dqn

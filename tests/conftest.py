@@ -113,11 +113,13 @@ def kill_all(pattern: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def logged_steps(run: Path) -> list[int]:
+def logged_steps(run: Path, kind: str = "train") -> list[int]:
+    """The env steps of run's metrics.jsonl rows of `kind` (train or eval), in order."""
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line)["env_steps"] for line in path.read_text().splitlines() if line]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [row["env_steps"] for row in rows if row["kind"] == kind]
 
 
 def checkpoints(run: Path) -> list[int]:

@@ -1,0 +1,183 @@
+"""slurm/train.sbatch on a real SLURM: a one-node cluster (munged, slurmctld, slurmd from
+Debian's slurm-wlm) started in a temporary directory for these tests and stopped by
+process id after them. A 2-task job completes; a preempted job (SIGUSR1 to its batch
+shell, as `#SBATCH --signal=B:USR1@N` sends) checkpoints, requeues itself and finishes
+from that checkpoint; a killed rank ends the job FAILED with the run resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env, rank_pids
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slurm]
+
+CONF = """\
+ClusterName=hvdtest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+SlurmctldPort=16817
+SlurmdPort=16818
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+JobRequeue=1
+ReturnToService=2
+KillWait=30
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+NodeName={host} CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory={mem}
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A running one-node SLURM; yields the environment its clients need."""
+    if not shutil.which("slurmctld") or os.geteuid() != 0:
+        pytest.skip("needs root and Debian's slurm-wlm (make test installs it)")
+    d = tmp_path_factory.mktemp("slurm")
+    (d / "state").mkdir()
+    (d / "spool").mkdir()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 9 // 10
+    host = socket.gethostname().split(".")[0]
+    conf = d / "slurm.conf"
+    conf.write_text(CONF.format(host=host, dir=d, mem=mem))
+    env = dict(quiet_env(), SLURM_CONF=str(conf))
+    procs: list[subprocess.Popen] = []
+    munge_socket = Path("/run/munge/munge.socket.2")
+    if not munge_socket.exists():
+        Path("/run/munge").mkdir(exist_ok=True)
+        shutil.chown("/run/munge", "munge")
+        procs.append(subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "-F"]))
+    procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
+    procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env))
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            "idle"
+            not in subprocess.run(
+                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env
+            ).stdout
+        ):
+            assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield env
+    finally:
+        for proc in reversed(procs):  # by process id: only what this fixture started
+            proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _sbatch(env: dict[str, str], run: Path, log: Path, *args: str) -> str:
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--chdir={ROOT}",
+        f"--output={log}",
+        f"--export=ALL,VENV={BIN.parent},RUN_DIR={run}",
+        str(ROOT / "slurm" / "train.sbatch"),
+        "--no-progress",
+        "--set=run.stop_at_return=none",
+        *args,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+def _job(env: dict[str, str], job: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, env=env
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def _wait_state(env: dict[str, str], job: str, states: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := _job(env, job).get("JobState", "")) not in states:
+        assert time.monotonic() < deadline, f"job {job} still {state}"
+        time.sleep(0.5)
+    return state
+
+
+def test_sbatch_runs_one_world_of_two_and_completes(slurm: dict[str, str], tmp_path: Path) -> None:
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    job = _sbatch(slurm, run, log, "--total-steps=2000", "--set=run.eval_episodes=2")
+    assert _wait_state(slurm, job, {"COMPLETED", "FAILED"}, 300) == "COMPLETED", log.read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["env_steps"] == 2000
+    assert (run / "model" / "saved_model.pb").exists()
+
+
+def test_a_preempted_job_checkpoints_requeues_itself_and_finishes(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    total = 12000
+    job = _sbatch(slurm, run, log, f"--total-steps={total}", "--set=run.checkpoint_every=0")
+    deadline = time.monotonic() + 120
+    while not logged_steps(run):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.2)
+    # What `#SBATCH --signal=B:USR1@120` sends before the time limit.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    _wait_state(slurm, job, {"PENDING"}, 60)
+    (stopped,) = checkpoints(run)  # checkpoint_every=0: the one written on the signal
+    # Nothing the first attempt logged is redone: the checkpoint is at or after it.
+    assert stopped >= logged_steps(run)[-1]
+    # Requeued jobs wait ~2 minutes (BeginTime) before they start again; start it now.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
+    assert _wait_state(slurm, job, {"COMPLETED", "FAILED"}, 400) == "COMPLETED", log.read_text()
+    text = log.read_text()
+    assert "attempt 1" in text and "attempt 2" in text  # both attempts, one log
+    assert "stopped by SIGUSR1" in text and f"continuing {run} from env step {stopped}" in text
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == total
+    for kind in ("train", "eval"):  # every row once: no env step was trained twice
+        steps = logged_steps(run, kind)
+        assert steps == sorted(steps) and len(steps) == len(set(steps)), kind
+    assert _job(slurm, job)["Restarts"] == "1"
+
+
+def test_a_killed_rank_fails_the_job_within_seconds_and_leaves_it_resumable(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    job = _sbatch(slurm, run, log, "--total-steps=400000", "--set=run.checkpoint_every=1000")
+    deadline = time.monotonic() + 120
+    while not checkpoints(run) or len(rank_pids(run)) < 2:
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    os.kill(rank_pids(run)[1], signal.SIGKILL)
+    while rank_pids(run):
+        assert time.monotonic() - t0 < 20, "ranks still running 20 s after one died"
+        time.sleep(0.05)
+    gone = time.monotonic() - t0
+    assert _wait_state(slurm, job, {"FAILED", "COMPLETED"}, 60) == "FAILED"
+    assert gone < 10
+    assert checkpoints(run) and not (run / "summary.json").exists()
