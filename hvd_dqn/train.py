@@ -158,6 +158,66 @@ def _make_envs(cfg: Config, world: World, segment: int) -> tuple[gym.vector.Vect
     return envs, reset(envs, env_seeds(cfg.run.seed, world.rank, cfg.env.num_envs, segment))
 
 
+def _build_state(cfg: Config, world: World) -> tuple[TrainState, int]:
+    """A fresh TrainState on this rank (envs, replay, learner) and the replay's bytes.
+    Collective: a bad env id, a replay too big for the host or a network that does not
+    fit the observations ends every rank with one line."""
+    E = cfg.env.num_envs
+    envs, obs = distributed.run_collectively(
+        lambda: _make_envs(cfg, world, segment=0), "creating the environments"
+    )
+    obs_space, action_space = envs.single_observation_space, envs.single_action_space
+    assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
+    obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
+    replay_bytes = distributed.run_collectively(
+        lambda: check_replay_fits(
+            cfg.replay.capacity, obs_shape, obs_dtype, frame_stack(cfg.env), world.local_size
+        ),
+        "sizing the replay",
+    )
+    replay = Replay(
+        cfg.replay.capacity,
+        E,
+        obs_shape,
+        obs_dtype,
+        stack=frame_stack(cfg.env),
+        n_step=cfg.replay.n_step,
+        gamma=cfg.learner.gamma,
+        prioritized=cfg.replay.prioritized,
+        alpha=cfg.replay.alpha,
+        priority_eps=cfg.replay.priority_eps,
+        seed=[cfg.run.seed, world.rank, 2],  # its own stream on every rank
+    )
+    learner = distributed.run_collectively(
+        lambda: Learner(
+            obs_shape,
+            obs_dtype,
+            int(action_space.n),
+            cfg.network,
+            cfg.learner,
+            seed=cfg.run.seed,
+            world_size=world.size,
+            reduce_gradients=partial(
+                distributed.average_gradients, fp16=cfg.learner.fp16_allreduce
+            ),
+        ),
+        "building the network",
+    )
+    state = TrainState(
+        learner=learner,
+        replay=replay,
+        envs=envs,
+        obs=obs,
+        rng=np.random.default_rng([cfg.run.seed, world.rank, 1]),
+        env_id=cfg.env.id,
+        learn_from=cfg.learner.learning_starts,
+        ep_return=np.zeros(E),
+        ep_length=np.zeros(E, dtype=np.int64),
+        prev_ended=np.zeros(E, dtype=bool),
+    )
+    return state, replay_bytes
+
+
 def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
     """Train per `cfg` on this rank as part of `world`; returns the final summary.
 
@@ -183,62 +243,12 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             )
         return {**summary, "already_finished": True}
 
+    state, replay_bytes = _build_state(cfg, world)
+    learner, replay = state.learner, state.replay
     E, p = cfg.env.num_envs, world.size
-    envs, obs = distributed.run_collectively(
-        lambda: _make_envs(cfg, world, segment=0), "creating the environments"
-    )
-    obs_space, action_space = envs.single_observation_space, envs.single_action_space
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
-    num_actions = int(action_space.n)
-    obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
-    replay_bytes = distributed.run_collectively(
-        lambda: check_replay_fits(
-            cfg.replay.capacity, obs_shape, obs_dtype, frame_stack(cfg.env), world.local_size
-        ),
-        "sizing the replay",
-    )
-    replay = Replay(
-        cfg.replay.capacity,
-        E,
-        obs_shape,
-        obs_dtype,
-        stack=frame_stack(cfg.env),
-        n_step=cfg.replay.n_step,
-        gamma=cfg.learner.gamma,
-        prioritized=cfg.replay.prioritized,
-        alpha=cfg.replay.alpha,
-        priority_eps=cfg.replay.priority_eps,
-        seed=[cfg.run.seed, world.rank, 2],  # its own stream on every rank
-    )
-    learner = distributed.run_collectively(
-        lambda: Learner(
-            obs_shape,
-            obs_dtype,
-            num_actions,
-            cfg.network,
-            cfg.learner,
-            seed=cfg.run.seed,
-            world_size=p,
-            reduce_gradients=partial(
-                distributed.average_gradients, fp16=cfg.learner.fp16_allreduce
-            ),
-        ),
-        "building the network",
-    )
+    num_actions = learner.online.num_actions
     save_replay = cfg.run.save_replay == "always" or (
         cfg.run.save_replay == "auto" and replay_bytes <= REPLAY_SAVE_BUDGET
-    )
-    state = TrainState(
-        learner=learner,
-        replay=replay,
-        envs=envs,
-        obs=obs,
-        rng=np.random.default_rng([cfg.run.seed, world.rank, 1]),
-        env_id=cfg.env.id,
-        learn_from=cfg.learner.learning_starts,
-        ep_return=np.zeros(E),
-        ep_length=np.zeros(E, dtype=np.int64),
-        prev_ended=np.zeros(E, dtype=bool),
     )
     if plan == "continue":
         resumed = checkpoint.restore(out, state, world, cfg)
@@ -420,6 +430,7 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
 
     def finish() -> None:
         if world.is_chief and log:
+            obs_dtype = state.envs.single_observation_space.dtype
             export_policy(ExportedPolicy(learner.online, obs_dtype), cfg.env, out / "model")
             log.close()
             atomic_write(out / "summary.json", json.dumps(summary, indent=2))

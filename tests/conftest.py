@@ -55,6 +55,21 @@ def hvd_dqn(
     )
 
 
+def train_args(config: str, steps: int, run: Path, *sets: str) -> list[str]:
+    """`train` arguments for a preset, a budget and a run directory, with `--set`s."""
+    return [
+        "train",
+        "--config",
+        config,
+        "--total-steps",
+        str(steps),
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        *[f"--set={s}" for s in sets],
+    ]
+
+
 def train_one_process(run: Path, total_steps: int, *sets: str) -> subprocess.CompletedProcess[str]:
     """`hvd-dqn train` as one process into `run`, with `--set` overrides."""
     args = ["train", "--total-steps", str(total_steps), "--run-dir", str(run), "--no-progress"]

@@ -18,6 +18,7 @@ from conftest import (
     launch,
     logged_steps,
     rank_pids,
+    train_args,
     wait_for,
 )
 
@@ -212,26 +213,16 @@ def test_every_preset_stops_on_sigterm_and_the_same_command_finishes_it(
 ) -> None:
     run = tmp_path / config
     steps = 2400
-    args = [
-        "train",
-        "--config",
+    args = train_args(
         config,
-        "--total-steps",
-        str(steps),
-        "--run-dir",
-        str(run),
-        "--no-progress",
-        *[
-            f"--set={s}"
-            for s in [
-                *extra,
-                "run.log_every=400",
-                "run.eval_episodes=2",
-                "run.eval_every=0",
-                "env.max_episode_steps=100",
-            ]
-        ],
-    ]
+        steps,
+        run,
+        *extra,
+        "run.log_every=400",
+        "run.eval_episodes=2",
+        "run.eval_every=0",
+        "env.max_episode_steps=100",
+    )
     proc = launch(args, np=2)
     try:
         wait_for(lambda: any(s >= 800 for s in logged_steps(run)), proc, timeout=400)

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, horovodrun, hvd_dqn, train_one_process
+from conftest import BIN, horovodrun, hvd_dqn, train_args, train_one_process
 
 from hvd_dqn import checkpoint
 
@@ -104,23 +104,9 @@ def test_two_ranks_train_end_to_end(
     tmp_path: Path, config: str, steps: int, extra: list[str]
 ) -> None:
     run = tmp_path / config
-    sets = [
-        f"--set={s}"
-        for s in [*extra, "run.eval_episodes=2", f"run.log_every={steps // 2}", "run.eval_every=0"]
-    ]
+    sets = [*extra, "run.eval_episodes=2", f"run.log_every={steps // 2}", "run.eval_every=0"]
     proc = horovodrun(
-        [
-            str(BIN / "hvd-dqn"),
-            "train",
-            "--config",
-            config,
-            "--total-steps",
-            str(steps),
-            "--run-dir",
-            str(run),
-            "--no-progress",
-            *sets,
-        ],
+        [str(BIN / "hvd-dqn"), *train_args(config, steps, run, *sets)],
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
