@@ -49,7 +49,7 @@ $(COMPAT_VENV)/.installed: docker/install.sh docker/constraints-compat.txt pypro
 	touch $@
 
 compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow"
+	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow and not slurm"
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache
