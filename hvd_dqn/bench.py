@@ -497,8 +497,8 @@ def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10)
                 os.kill(pid, signal.SIGTERM)
         elif fault == "Ctrl-C (SIGINT to the group)":
             os.killpg(proc.pid, signal.SIGINT)
-        elif fault.endswith("to the launcher"):
-            sig = getattr(signal, fault.split()[0])
+        elif fault.endswith("to the launcher") or fault.endswith("of the launcher"):
+            sig = getattr(signal, fault.split()[0])  # "SIGTERM to the launcher" -> SIGTERM
             os.kill(_launcher_pid(proc, name) if launcher == "mpirun" else proc.pid, sig)
         elif fault == "SIGKILL of the last rank":
             os.kill(last, signal.SIGKILL)
@@ -526,7 +526,7 @@ def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10)
 
 
 FAULTS = {
-    "none": ["SIGTERM to every rank", "SIGUSR1 to the launcher", "SIGINT to the launcher"],
+    "none": ["SIGTERM to the launcher", "SIGUSR1 to the launcher", "SIGINT to the launcher"],
     "horovodrun": [
         "SIGTERM to every rank",
         "SIGTERM to the launcher",
@@ -543,6 +543,7 @@ FAULTS = {
     "mpirun": [
         "SIGUSR1 to the launcher",
         "SIGTERM to the launcher",
+        "SIGKILL of the launcher",
         "SIGKILL of the last rank",
         "SIGSTOP of the last rank",
     ],

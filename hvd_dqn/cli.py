@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up lines (oneDNN, cpu_feature_guard) from every rank would
+    # fill a cluster log; silenced unless the user chose a level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":

@@ -63,6 +63,17 @@ class RunLog:
                     tf.summary.scalar(f"{kind}/{key}", value)
         self.tb.flush()
 
+    def eval_row(self, step: int, stats: dict[str, Any]) -> None:
+        self.write("eval", step, stats)
+        self.message(
+            f"eval @ {step} env steps: mean return "
+            f"{stats['return_mean']:.1f} over {stats['episodes']} ep."
+        )
+
+    def train_row(self, step: int, row: dict[str, Any]) -> None:
+        self.write("train", step, row)
+        self.progress(step, ret=row["episode_return"], sps=row["env_steps_per_s"])
+
     def progress(self, step: int, **postfix: Any) -> None:
         self.bar.update(step - self.bar.n)
         if postfix:

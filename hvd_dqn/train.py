@@ -235,6 +235,16 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
         lambda: inspect_run_dir(out, cfg) if world.is_chief else "", f"run directory {out}"
     )
     plan = distributed.allgather_object(plan)[0]
+    ranks = distributed.allgather_object(distributed.describe_rank(world))
+    if world.is_chief:  # the first line of a run: the world it runs in
+        hosts = sorted({r["host"] for r in ranks})
+        devices = sorted({r["device"] for r in ranks})
+        print(
+            f"hvd-dqn: {world.size} rank(s) on {len(hosts)} host(s) ({', '.join(hosts)}), "
+            f"controller {world.controller}, devices {', '.join(devices)}; run directory "
+            f"{out} ({plan})",
+            flush=True,
+        )
     if plan == "finished":
         summary = json.loads((out / "summary.json").read_text()) if world.is_chief else {}
         if world.is_chief:
@@ -276,6 +286,13 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
                 log.message(f"continuing {out} from env step {state.env_steps}")
 
     distributed.run_collectively(open_log, f"opening the log in {out}")
+
+    def chief_log(method: str, *args: Any) -> None:
+        """Rank 0 writes a metrics row; collective, so a failed write (a full disk) ends
+        every rank with one line instead of leaving the others waiting."""
+        distributed.run_collectively(
+            lambda: getattr(log, method)(*args) if log else None, f"writing the log in {out}"
+        )
 
     per_iter = E * p
     K = cfg.learner.updates_per_call
@@ -363,12 +380,7 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             t_eval = time.perf_counter()
             last_eval = _evaluate(cfg, learner, world, interrupts)
             window.start += time.perf_counter() - t_eval  # throughput excludes evaluation
-            if log:
-                log.write("eval", step, last_eval)
-                log.message(
-                    f"eval @ {step} env steps: mean return "
-                    f"{last_eval['return_mean']:.1f} over {last_eval['episodes']} ep."
-                )
+            chief_log("eval_row", step, last_eval)
             target = cfg.run.stop_at_return
             reached = target is not None and last_eval["return_mean"] >= target
 
@@ -394,9 +406,7 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
         ending = last or state.solved_at is not None
         if _crossed(step, per_iter, cfg.run.log_every) or ending:
             row = _log_point(window, learner, world, eps)
-            if log:
-                log.write("train", step, row)
-                log.progress(step, ret=row["episode_return"], sps=row["env_steps_per_s"])
+            chief_log("train_row", step, row)
             state.window = Window()
         if _crossed(step, per_iter, cfg.run.checkpoint_every) or ending:
             save()

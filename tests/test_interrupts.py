@@ -142,7 +142,8 @@ def test_a_stalled_rank_ends_the_job_after_the_stall_timeout(tmp_path: Path) -> 
     finally:
         kill_all(str(run))
     assert proc.returncode != 0
-    assert 10 <= took < 10 + 10, f"the job ended {took:.1f} s after the stall"
+    # The survivor's last sign of progress came up to an iteration before the SIGSTOP.
+    assert 8 <= took < 10 + 10, f"the job ended {took:.1f} s after the stall"
     assert "rank 0: no progress for" in err and "run.stall_timeout=10" in err
     assert checkpoints(run) == []  # nothing saved from a job that could not vote
 

@@ -28,6 +28,7 @@ SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -150,8 +151,8 @@ def test_a_preempted_job_checkpoints_requeues_itself_and_finishes(
     (stopped,) = checkpoints(run)  # checkpoint_every=0: the one written on the signal
     # Nothing the first attempt logged is redone: the checkpoint is at or after it.
     assert stopped >= logged_steps(run)[-1]
-    # Requeued jobs wait ~2 minutes (BeginTime) before they start again; start it now.
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm)
+    # A requeued job starts again once its old credential expired: cred_expire=10 here
+    # (SLURM's default is 120 s; starting it earlier fails with "credential revoked").
     assert _wait_state(slurm, job, {"COMPLETED", "FAILED"}, 400) == "COMPLETED", log.read_text()
     text = log.read_text()
     assert "attempt 1" in text and "attempt 2" in text  # both attempts, one log
