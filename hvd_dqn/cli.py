@@ -249,6 +249,7 @@ def _train(args: argparse.Namespace) -> int:
         usage = isinstance(exc, (ConfigError, CheckpointError)) or getattr(exc, "usage", False)
         return EXIT_USAGE if usage else EXIT_FAILURE
     finally:
+        interrupts.close()
         distributed.shutdown()
     return EXIT_PREEMPTED if summary.get("stopped") else 0
 

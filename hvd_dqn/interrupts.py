@@ -83,8 +83,17 @@ class Interrupts:
         # returns to the interpreter, never while it waits inside an allreduce whose
         # peer died.
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="hvd-dqn-watch", daemon=True)
         self._thread.start()
+
+    def close(self) -> None:
+        """Stop the watch thread (before Horovod and TensorFlow shut down at exit) and
+        give the stop signals back their default action (end the process)."""
+        self._closing.set()
+        self._thread.join(timeout=2)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
     def _on_signal(self, signum: int) -> None:
         if not self.signal:  # a repeat (the same signal by two paths) is one stop
@@ -126,7 +135,7 @@ class Interrupts:
         return 1 if self.out_of_time(save_seconds) else 0
 
     def _watch(self) -> None:
-        while True:
+        while not self._closing.is_set():
             received = signal.sigtimedwait(SIGNALS, 0.25)
             if received is not None:
                 self._on_signal(received.si_signo)

@@ -314,7 +314,8 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             interrupts.beat()
         save_seconds = time.perf_counter() - t0
 
-    while state.env_steps < cfg.run.total_steps:
+    # (A run restored after it reached stop_at_return has nothing left to train.)
+    while state.env_steps < cfg.run.total_steps and state.solved_at is None:
         interrupts.beat()
         # -- act: one batched call for all of this rank's envs ---------------------
         eps = linear_schedule(
@@ -438,18 +439,21 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             )
         return summary
 
-    def finish() -> None:
-        if world.is_chief and log:
+    if world.is_chief and log:
+        # Rank 0 alone, and no collective after it: the other ranks are done. (An MPI
+        # collective right after the SavedModel export crashed TensorFlow 2.15's rank 0
+        # now and then.) A failure here is still one line (cli.py) and a non-zero exit.
+        try:
             obs_dtype = state.envs.single_observation_space.dtype
             export_policy(ExportedPolicy(learner.online, obs_dtype), cfg.env, out / "model")
             log.close()
             atomic_write(out / "summary.json", json.dumps(summary, indent=2))
-            print(
-                f"done: {state.env_steps} env steps in {train_seconds:.1f} s; final eval mean "
-                f"{last_eval.get('return_mean', float('nan')):.1f}; outputs in {out}"
-            )
-
-    distributed.run_collectively(finish, f"writing the results to {out}")
+        except OSError as exc:
+            raise ConfigError(f"writing the results to {out}: {exc}") from None
+        print(
+            f"done: {state.env_steps} env steps in {train_seconds:.1f} s; final eval mean "
+            f"{last_eval.get('return_mean', float('nan')):.1f}; outputs in {out}"
+        )
     return summary
 
 
