@@ -1,7 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   set up what is missing, then train on the default (CartPole-v1, 2 ranks)
-#   make test    set up what is missing (SLURM and shellcheck too), then lint, type-check
-#                and run the tests
+#   make test    set up what is missing (SLURM, sshd, podman, shellcheck too), then lint,
+#                type-check and run the tests
+#   make image   build the CPU image (podman, or docker with a daemon); make image-test
+#                runs doctor and a 2-rank training inside it
 # The first set-up compiles Horovod from source (about 5-8 minutes on 2 cores).
 
 VENV ?= .venv
@@ -10,10 +12,13 @@ ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS := $(VENV)/.test-tools
-SHELL_SCRIPTS := slurm/train.sbatch docker/install.sh docker/install-test-tools.sh .ci/run
+SHELL_SCRIPTS := slurm/train.sbatch docker/*.sh .ci/run
+DOCKERFILES := docker/Dockerfile docker/Dockerfile.gpu
+# BASE_IMAGE=local builds the base with debootstrap (no registry needed; CI does this).
+BASE_IMAGE ?= python:3.11-slim-bookworm
 COMPAT_VENV := .venv-compat
 
-.PHONY: setup train test lint typecheck compat doctor clean
+.PHONY: setup train test lint typecheck compat doctor image image-test clean
 
 $(STAMP): docker/install.sh docker/constraints.txt pyproject.toml
 	VENV=$(VENV) bash docker/install.sh
@@ -27,7 +32,8 @@ train: setup
 doctor: setup
 	$(BIN)/horovodrun -np $(NP) $(BIN)/hvd-dqn doctor
 
-# SLURM, munge and shellcheck from Debian's packages (for the SLURM tests and the linter).
+# From Debian's packages: SLURM and munge (the SLURM tests), openssh-server and iproute2
+# (the two-host tests), podman, runc and debootstrap (the image), shellcheck.
 $(TOOLS): docker/install-test-tools.sh $(STAMP)
 	bash docker/install-test-tools.sh
 	touch $@
@@ -36,6 +42,7 @@ lint: setup $(TOOLS)
 	$(BIN)/ruff check hvd_dqn tests
 	$(BIN)/ruff format --check hvd_dqn tests
 	shellcheck $(SHELL_SCRIPTS)
+	$(BIN)/hadolint $(DOCKERFILES)
 
 typecheck: setup
 	$(BIN)/mypy hvd_dqn
@@ -49,7 +56,14 @@ $(COMPAT_VENV)/.installed: docker/install.sh docker/constraints-compat.txt pypro
 	touch $@
 
 compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow and not slurm"
+	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow and not slurm and not hosts"
+
+image:
+	bash docker/install-test-tools.sh
+	BASE_IMAGE=$(BASE_IMAGE) bash docker/image.sh build
+
+image-test: image
+	bash docker/image.sh test
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache .podman

@@ -12,7 +12,9 @@
 #   5. the package, editable, with $EXTRAS;
 #   6. `horovodrun --check-build` must show TensorFlow, MPI and Gloo.
 #
-# Environment: VENV, PYTHON, CONSTRAINTS, TF_PACKAGE, EXTRAS, HOROVOD_GPU_OPERATIONS.
+# Environment: VENV, PYTHON, CONSTRAINTS, TF_PACKAGE, EXTRAS (empty: none),
+# HOROVOD_GPU_OPERATIONS, and UNTIL=horovod to stop after step 4 (the image builds
+# Horovod in a layer of its own, before the source is copied in).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +22,8 @@ VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3.11}
 CONSTRAINTS=${CONSTRAINTS:-$ROOT/docker/constraints.txt}
 TF_PACKAGE=${TF_PACKAGE:-tensorflow-cpu}
-EXTRAS=${EXTRAS:-test}
+EXTRAS=${EXTRAS-test}
+UNTIL=${UNTIL:-}
 
 say() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
@@ -83,10 +86,12 @@ else
   horovod_ok || die "horovod $HVD_VERSION built but does not import against TensorFlow $TF_VERSION"
 fi
 
+[ "$UNTIL" != horovod ] || exit 0
+
 # 5. The package ---------------------------------------------------------------------
 # mpi4py is compiled against the system Open MPI (a binary wheel may carry another MPI).
-say "installing hvd_dqn[$EXTRAS]"
-PIP_NO_BINARY=mpi4py "${PIP[@]}" -e "${ROOT}[${EXTRAS}]"
+say "installing hvd_dqn${EXTRAS:+[$EXTRAS]}"
+PIP_NO_BINARY=mpi4py "${PIP[@]}" -e "${ROOT}${EXTRAS:+[$EXTRAS]}"
 
 # 6. Check the build ------------------------------------------------------------------
 check=$("$VENV/bin/horovodrun" --check-build)

@@ -96,18 +96,22 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 def _sbatch(env: dict[str, str], run: Path, log: Path, *args: str) -> str:
+    """Submit slurm/train.sbatch from the run's parent directory, as a user outside the
+    checkout would: the script finds the checkout's .venv itself."""
+    export = f"ALL,RUN_DIR={run}"
+    if BIN.parent != ROOT / ".venv":  # another venv than the checkout's (compat stack)
+        export += f",VENV={BIN.parent}"
     cmd = [
         "sbatch",
         "--parsable",
-        f"--chdir={ROOT}",
         f"--output={log}",
-        f"--export=ALL,VENV={BIN.parent},RUN_DIR={run}",
+        f"--export={export}",
         str(ROOT / "slurm" / "train.sbatch"),
         "--no-progress",
         "--set=run.stop_at_return=none",
         *args,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=run.parent)
     return out.stdout.strip().split(";")[0]
 
 
@@ -135,9 +139,20 @@ def test_sbatch_runs_one_world_of_two_and_completes(slurm: dict[str, str], tmp_p
     assert (run / "model" / "saved_model.pb").exists()
 
 
-def test_a_preempted_job_checkpoints_requeues_itself_and_finishes(
-    slurm: dict[str, str], tmp_path: Path
+PREEMPTIONS = {
+    # What `#SBATCH --signal=B:USR1@120` sends before the time limit; the script
+    # forwards it to the ranks and requeues the job itself.
+    "USR1": (["scancel", "--signal=USR1", "--batch"], "stopped by SIGUSR1"),
+    # An administrator's (or a preempting job's) requeue: SIGTERM to every process.
+    "requeue": (["scontrol", "requeue"], "stopped by SIGTERM"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(PREEMPTIONS))
+def test_a_preempted_job_checkpoints_requeues_and_finishes(
+    slurm: dict[str, str], tmp_path: Path, how: str
 ) -> None:
+    command, said = PREEMPTIONS[how]
     run, log = tmp_path / "run", tmp_path / "job.log"
     total = 12000
     job = _sbatch(slurm, run, log, f"--total-steps={total}", "--set=run.checkpoint_every=0")
@@ -145,8 +160,7 @@ def test_a_preempted_job_checkpoints_requeues_itself_and_finishes(
     while not logged_steps(run):
         assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
         time.sleep(0.2)
-    # What `#SBATCH --signal=B:USR1@120` sends before the time limit.
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    subprocess.run([*command, job], env=slurm, check=True)
     _wait_state(slurm, job, {"PENDING"}, 60)
     (stopped,) = checkpoints(run)  # checkpoint_every=0: the one written on the signal
     # Nothing the first attempt logged is redone: the checkpoint is at or after it.
@@ -156,7 +170,7 @@ def test_a_preempted_job_checkpoints_requeues_itself_and_finishes(
     assert _wait_state(slurm, job, {"COMPLETED", "FAILED"}, 400) == "COMPLETED", log.read_text()
     text = log.read_text()
     assert "attempt 1" in text and "attempt 2" in text  # both attempts, one log
-    assert "stopped by SIGUSR1" in text and f"continuing {run} from env step {stopped}" in text
+    assert said in text and f"continuing {run} from env step {stopped}" in text
     assert json.loads((run / "summary.json").read_text())["env_steps"] == total
     for kind in ("train", "eval"):  # every row once: no env step was trained twice
         steps = logged_steps(run, kind)
