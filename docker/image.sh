@@ -2,8 +2,9 @@
 # Build and check the CPU image with podman (or docker where a daemon runs).
 #
 #   docker/image.sh build    build $IMAGE from docker/Dockerfile
-#   docker/image.sh test     run `hvd-dqn doctor` and a short 2-rank training inside
-#                            $IMAGE; check the run directory it wrote to a mounted volume
+#   docker/image.sh test     run `hvd-dqn doctor`, log in to the image's ssh server, and
+#                            a short 2-rank training inside $IMAGE; check the run
+#                            directory it wrote to a mounted volume
 #   docker/image.sh base     make $BASE_IMAGE from a debootstrapped Debian bookworm
 #
 # Environment:
@@ -122,9 +123,15 @@ test_image() {
   chown 1000:1000 "$vol" 2>/dev/null || chmod 777 "$vol"
   say "hvd-dqn doctor in $IMAGE"
   "$ENGINE" run --rm "$IMAGE" hvd-dqn doctor
+  say "the image's ssh server (multi-node): user hvd logs in with the image's key"
+  local who
+  # shellcheck disable=SC2016  # expanded inside the container
+  who=$("$ENGINE" run --rm --network none "$IMAGE" \
+    bash -c '/usr/sbin/sshd -f "$SSHD_CONFIG" && ssh 127.0.0.1 id -un')
+  [ "$who" = hvd ] || die "ssh into the image's own server gave '$who', not hvd"
   say "horovodrun -np 2 hvd-dqn train in $IMAGE"
   "$ENGINE" run --rm -v "$vol:/runs" "$IMAGE" \
-    horovodrun -np 2 hvd-dqn train --run-dir /runs/cartpole \
+    horovodrun -np 2 hvd-dqn train --run-dir /runs/cartpole --no-progress \
     --total-steps 3000 --set run.eval_episodes=2
   local want
   for want in config.yaml metrics.jsonl checkpoints model/saved_model.pb summary.json; do
