@@ -5,7 +5,7 @@
 #   openssh-server, iproute2     the two hosts (network namespaces) of tests/test_hosts.py
 #   podman, runc, uidmap,        build and run the image (docker/image.sh); debootstrap
 #   debootstrap                  makes its base where no registry is reachable
-#   shellcheck                   lints the shell scripts (slurm/, docker/, .ci/)
+#   the shell linter             lints the shell scripts (slurm/, docker/, .ci/)
 # Not part of docker/install.sh: the images do not carry a scheduler.
 set -euo pipefail
 missing=()
