@@ -142,6 +142,10 @@ class TrainState:
     def shared(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._SHARED}
 
+    def set_shared(self, values: dict[str, Any]) -> None:
+        for k in self._SHARED:
+            setattr(self, k, values[k])
+
     def rank_part(self, save_replay: bool) -> dict[str, np.ndarray]:
         """This rank's own state as named arrays (for rank-R.npz)."""
         out: dict[str, np.ndarray] = {
@@ -439,8 +443,7 @@ def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
                 )
             continue
         assert meta is not None
-        for key in TrainState._SHARED:
-            setattr(state, key, meta[key])
+        state.set_shared(meta)
         envs = False
         if part is not None:
             envs = distributed.run_collectively(

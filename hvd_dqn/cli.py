@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         help="fail unless Horovod's world has N processes",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--elastic",
+        action="store_true",
+        help="Horovod Elastic: workers may leave and join (run.elastic=true; start with "
+        "horovodrun --min-np/--max-np --host-discovery-script)",
+    )
 
     ev = sub.add_parser("evaluate", help="evaluate an exported policy or a run directory")
     ev.add_argument("target", help="a run directory or its model/ directory")
@@ -203,6 +209,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.no_progress:
         overrides.append("run.progress=false")
+    if args.elastic:
+        overrides.append("run.elastic=true")
     source = args.config or "cartpole"
     if args.resume:
         changed = [o.split("=")[0] for o in overrides if o.split("=")[0] not in RESUMABLE]

@@ -171,6 +171,12 @@ class RunConfig:
     stall_timeout: float = _f(600.0, lo=0.0)
     """Seconds without progress (a stopped or unreachable rank) after which a rank exits
     with code 1 so the launcher ends the job instead of hanging (0: never)."""
+    elastic: bool = False
+    """Horovod Elastic (under `horovodrun --min-np/--max-np --host-discovery-script`,
+    Gloo): workers may leave and join; the run goes on from its last commit."""
+    commit_every: int = _f(100, lo=1)
+    """Elastic: updates between commits of the shared state (weights, optimizer,
+    counters) to host memory; a lost worker costs at most this much work."""
     progress: bool = True
     """A progress bar on rank 0."""
     threads: int = _f(0, lo=0, hi=256)
@@ -403,6 +409,8 @@ RESUMABLE = (
     "run.max_wall_time",
     "run.stall_timeout",
     "run.keep_checkpoints",
+    "run.elastic",
+    "run.commit_every",
 )
 
 

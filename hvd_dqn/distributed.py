@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import horovod.tensorflow as hvd
 import numpy as np
 import tensorflow as tf
+from horovod.common.elastic import State
 
 T = TypeVar("T")
 
@@ -216,6 +217,83 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     return world
 
 
+def current_world(previous: World) -> World:
+    """The world after an elastic reset: Horovod re-assigned ranks and sizes; the device
+    and the controller stay."""
+    return World(
+        rank=hvd.rank(),
+        size=hvd.size(),
+        local_rank=hvd.local_rank(),
+        local_size=hvd.local_size(),
+        controller=previous.controller,
+        device=previous.device,
+    )
+
+
+class ElasticCommit(State):
+    """Horovod Elastic: the shared part of a run (`variables`: weights, target, optimizer,
+    update count; `read()`/`write()`: the counters) as of its last commit, in host memory.
+
+    commit()  (Horovod) saves it, then checks whether the discovery script changed the
+              hosts; if so every rank raises HostsUpdatedInterrupt at this same commit.
+    restore() after a failed collective (a worker died): back to the last commit, the
+              same on every survivor; the work since then is redone.
+    sync()    after every reset and at the start: rank 0's state to every rank, so a
+              worker that joins starts from the run's current weights and counters.
+    """
+
+    def __init__(
+        self,
+        variables: Sequence[tf.Variable],
+        read: Callable[[], dict[str, Any]],
+        write: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.variables, self.read, self.write = list(variables), read, write
+        self.failures = 0  # restores so far: resets after a failure rather than a change
+        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
+        self.save()
+
+    def save(self) -> None:
+        self._saved = ([v.numpy() for v in self.variables], self.read())
+
+    def restore(self) -> None:
+        values, counters = self._saved
+        for v, x in zip(self.variables, values, strict=True):
+            v.assign(x)
+        self.write(counters)
+        self.failures += 1
+
+    def sync(self) -> None:
+        # Horovod: broadcast the variables, then the counters (pickled), from rank 0.
+        broadcast_variables(self.variables)
+        self.write(hvd.broadcast_object(self.read(), root_rank=0))
+        self.save()
+
+
+def run_elastic(fn: Callable[[ElasticCommit], T], commit: ElasticCommit) -> T:
+    """Horovod Elastic: call fn(commit) until it returns. When a worker fails (a
+    collective raises) or the hosts change (at a commit), Horovod shuts down and
+    re-initializes with the workers there are now, restores the last commit after a
+    failure, syncs from rank 0, and calls fn again.
+
+    Any failed Horovod op counts as a lost worker here: hvd.elastic.run recognizes only
+    errors naming HorovodAllreduce/Allgather/Broadcast and returns None for the rest,
+    so a failed grouped allreduce ("HorovodGroupedAllreduce") would end the loop as if
+    training were done (seen here with Horovod 0.28.1).
+    """
+    from horovod.common.exceptions import HorovodInternalError
+
+    def guarded(state: ElasticCommit) -> T:
+        try:
+            return fn(state)
+        except tf.errors.OpError as exc:
+            if "Horovod" in (exc.message or ""):
+                raise HorovodInternalError(exc) from exc
+            raise
+
+    return hvd.elastic.run(guarded)(commit)
+
+
 def shutdown() -> None:
     """Horovod: stop the background thread (idempotent)."""
     if hvd.is_initialized():
@@ -227,16 +305,39 @@ def shutdown() -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def average_gradients(grads: Sequence[tf.Tensor], fp16: bool = False) -> list[tf.Tensor]:
+def elastic() -> bool:
+    """True in a Horovod Elastic job (horovodrun --min-np/--max-np/--host-discovery-script
+    sets HOROVOD_ELASTIC=1 for its workers): the world may change while the run goes on."""
+    return os.environ.get("HOROVOD_ELASTIC", "0") == "1"
+
+
+def average_gradients(
+    grads: Sequence[tf.Tensor], weight: tf.Tensor | None = None, fp16: bool = False
+) -> list[tf.Tensor]:
     """The mean of each gradient over all ranks, g = (1/p) sum_r g_r.
 
     Horovod: one grouped ring-allreduce for the whole list, so all tensors go out in a
     single fused buffer and a single coordination round. fp16 halves the bytes on the
     wire (values are cast back to their dtype after the sum).
+
+    Elastic: the weighted mean g = sum_r w_r g_r / max(sum_r w_r, 1), with `weight` w_r
+    1 for a rank that contributes and 0 for one that joined and is still filling its
+    replay: it takes part in the allreduce (no rank ever waits on another) but its zero
+    gradient does not dilute the mean. The sum of the weights travels in the same
+    allreduce, and nothing depends on the world size at trace time (no size-1 shortcut:
+    a world of one may grow).
     """
+    compression = hvd.Compression.fp16 if fp16 else hvd.Compression.none
+    if elastic():
+        w = tf.constant(1.0) if weight is None else tf.convert_to_tensor(weight)
+        scaled = [g * tf.cast(w, g.dtype) for g in grads]
+        *sums, total = hvd.grouped_allreduce(
+            [*scaled, tf.reshape(w, [1])], op=hvd.Sum, compression=compression
+        )
+        count = tf.maximum(total[0], 1.0)
+        return [x / tf.cast(count, x.dtype) for x in sums]
     if hvd.size() == 1:
         return list(grads)
-    compression = hvd.Compression.fp16 if fp16 else hvd.Compression.none
     return list(hvd.grouped_allreduce(list(grads), op=hvd.Average, compression=compression))
 
 

@@ -8,6 +8,7 @@ updates, each with its own batch, allreduce, optimizer step and target-sync chec
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,10 +20,11 @@ from hvd_dqn.dqn import double_q_target, huber, polyak
 from hvd_dqn.networks import QNetwork
 from hvd_dqn.replay import Batch
 
-GradientReducer = Callable[[Sequence[tf.Tensor]], list[tf.Tensor]]
+# (gradients, this rank's weight in the mean: 1, or 0 while it has nothing to give)
+GradientReducer = Callable[[Sequence[tf.Tensor], tf.Tensor], list[tf.Tensor]]
 
 
-def _identity(grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+def _identity(grads: Sequence[tf.Tensor], weight: tf.Tensor) -> list[tf.Tensor]:
     return list(grads)
 
 
@@ -47,7 +49,10 @@ class Adam(tf.Module):
         beta2: float = 0.999,
     ) -> None:
         super().__init__(name="adam")
-        self.lr, self.eps, self.beta1, self.beta2 = lr, eps, beta1, beta2
+        # A variable, not a constant of the compiled update: an elastic run rescales it
+        # when the world size changes (lr_scaling).
+        self.lr = tf.Variable(lr, dtype=tf.float32, trainable=False, name="lr")
+        self.eps, self.beta1, self.beta2 = eps, beta1, beta2
         self.shapes = [v.shape for v in variables]
         self.sizes = [int(np.prod(shape)) for shape in self.shapes]
         total = sum(self.sizes)
@@ -106,9 +111,11 @@ class Learner(tf.Module):
         # Same seed on every rank: identical initial weights before any broadcast.
         self.online = QNetwork(obs_shape, num_actions, net, seed, name="online")
         self.target = QNetwork(obs_shape, num_actions, net, seed, name="target")
-        self.lr = scaled_lr(cfg, world_size)
-        self.optimizer = Adam(self.online.weights, self.lr, eps=cfg.adam_eps)
+        self.optimizer = Adam(self.online.weights, scaled_lr(cfg, world_size), eps=cfg.adam_eps)
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+        # This rank's weight in the gradient mean: 0 while an elastic rank that joined
+        # fills its replay (read by the compiled update, so it is never baked in).
+        self.contributes = tf.Variable(1.0, trainable=False, name="contributes")
         self.reduce_gradients = reduce_gradients
         obs_spec = tf.TensorSpec([None, *obs_shape], tf.as_dtype(obs_dtype))
         # Called through concrete functions: a call then skips tf.function's matching of
@@ -119,6 +126,21 @@ class Learner(tf.Module):
         self._update_shapes: tuple = ()  # the input shapes `_update_concrete` was made for
         self._update_concrete: Any = None
         self._compiled_allreduce = tf.function(self._allreduce_only)
+
+    def digest(self) -> str:
+        """SHA-256 of every variable in `state`: equal on all ranks after every update."""
+        h = hashlib.sha256()
+        for v in self.state:
+            h.update(np.ascontiguousarray(v.numpy()).tobytes())
+        return h.hexdigest()
+
+    def set_world_size(self, world_size: int) -> None:
+        """Rescale the learning rate for a new world size (lr_scaling)."""
+        self.optimizer.lr.assign(scaled_lr(self.cfg, world_size))
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.lr.numpy())
 
     @property
     def state(self) -> list[tf.Variable]:
@@ -150,7 +172,7 @@ class Learner(tf.Module):
             loss = tf.reduce_mean(weights * huber(td, cfg.huber_delta))
         # One flat gradient: one allreduce, one norm, one optimizer step.
         g = flatten(tape.gradient(loss, self.online.weights))
-        g = self.reduce_gradients([g])[0]  # the mean over ranks (identity alone)
+        g = self.reduce_gradients([g], self.contributes)[0]  # the mean over ranks
         norm = tf.norm(g)
         if cfg.max_grad_norm > 0:  # global-norm clipping: g * c / max(|g|, c)
             g = g * (cfg.max_grad_norm / tf.maximum(norm, cfg.max_grad_norm))
@@ -190,7 +212,7 @@ class Learner(tf.Module):
 
     def _allreduce_only(self) -> tf.Tensor:
         size = sum(self.optimizer.sizes)
-        return tf.reduce_sum(self.reduce_gradients([tf.zeros([size])])[0])
+        return tf.reduce_sum(self.reduce_gradients([tf.zeros([size])], self.contributes)[0])
 
     def time_allreduce(self) -> None:
         """One gradient-sized allreduce and nothing else (collective: every rank calls it)."""

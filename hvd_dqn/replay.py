@@ -247,6 +247,21 @@ class Replay:
             indices=leaves.astype(np.int64),
         )
 
+    def empty_batch(self, batch_size: int) -> Batch:
+        """A batch of zeros with zero weights: what an elastic rank that has no
+        transitions yet feeds the update it must take part in (its gradient is 0)."""
+        zeros = np.zeros(batch_size, dtype=np.float32)
+        obs = np.zeros((batch_size, *self.obs_shape), dtype=self.frames.dtype)
+        return Batch(
+            obs_tm1=obs,
+            a_tm1=np.zeros(batch_size, dtype=np.int32),
+            r_t=zeros,
+            discount_t=zeros,
+            obs_t=obs,
+            weights=zeros,
+            indices=np.full(batch_size, -1, dtype=np.int64),
+        )
+
     def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
         """p_i = |delta_i| + eps, stored as p_i^alpha (Schaul et al. 2016, section 3.3).
 

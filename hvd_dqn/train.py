@@ -158,18 +158,18 @@ def _make_envs(cfg: Config, world: World, segment: int) -> tuple[gym.vector.Vect
     return envs, reset(envs, env_seeds(cfg.run.seed, world.rank, cfg.env.num_envs, segment))
 
 
-def _build_state(cfg: Config, world: World) -> tuple[TrainState, int]:
+def _build_state(cfg: Config, world: World, collective: bool) -> tuple[TrainState, int]:
     """A fresh TrainState on this rank (envs, replay, learner) and the replay's bytes.
     Collective: a bad env id, a replay too big for the host or a network that does not
-    fit the observations ends every rank with one line."""
+    fit the observations ends every rank with one line. Elastic (collective False): a
+    worker may be joining a run in progress and must make no collective call here."""
     E = cfg.env.num_envs
-    envs, obs = distributed.run_collectively(
-        lambda: _make_envs(cfg, world, segment=0), "creating the environments"
-    )
+    run: Any = distributed.run_collectively if collective else (lambda fn, what: fn())
+    envs, obs = run(lambda: _make_envs(cfg, world, segment=0), "creating the environments")
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
     obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
-    replay_bytes = distributed.run_collectively(
+    replay_bytes = run(
         lambda: check_replay_fits(
             cfg.replay.capacity, obs_shape, obs_dtype, frame_stack(cfg.env), world.local_size
         ),
@@ -188,7 +188,7 @@ def _build_state(cfg: Config, world: World) -> tuple[TrainState, int]:
         priority_eps=cfg.replay.priority_eps,
         seed=[cfg.run.seed, world.rank, 2],  # its own stream on every rank
     )
-    learner = distributed.run_collectively(
+    learner = run(
         lambda: Learner(
             obs_shape,
             obs_dtype,
@@ -227,54 +227,74 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
     early (after a checkpoint): run the same command to go on.
     """
     t_process = time.perf_counter()
-    # Horovod (host side): every rank must train the same config.
-    distributed.check_same("config", distributed.config_digest(to_yaml(cfg)))
     out = run_dir(cfg)
-    # Rank 0 looks at the run directory; a failure there ends every rank with its line.
-    plan = distributed.run_collectively(
-        lambda: inspect_run_dir(out, cfg) if world.is_chief else "", f"run directory {out}"
-    )
-    plan = distributed.allgather_object(plan)[0]
-    ranks = distributed.allgather_object(distributed.describe_rank(world))
-    if world.is_chief:  # the first line of a run: the world it runs in
-        hosts = sorted({r["host"] for r in ranks})
-        devices = sorted({r["device"] for r in ranks})
-        print(
-            f"hvd-dqn: {world.size} rank(s) on {len(hosts)} host(s) ({', '.join(hosts)}), "
-            f"controller {world.controller}, devices {', '.join(devices)}; run directory "
-            f"{out} ({plan})",
-            flush=True,
+    if cfg.run.elastic != distributed.elastic():
+        raise ConfigError(
+            "run.elastic: true needs an elastic horovodrun (--min-np/--max-np/"
+            "--host-discovery-script, Gloo)"
+            if cfg.run.elastic
+            else "started by an elastic horovodrun: add --elastic (run.elastic: true)"
         )
-    if plan == "finished":
-        summary = json.loads((out / "summary.json").read_text()) if world.is_chief else {}
-        if world.is_chief:
-            print(
-                f"hvd-dqn: {out} is already finished ({summary['env_steps']} env steps); nothing to do"
-            )
-        return {**summary, "already_finished": True}
-
-    state, replay_bytes = _build_state(cfg, world)
+    state, replay_bytes = _build_state(cfg, world, collective=not cfg.run.elastic)
     learner, replay = state.learner, state.replay
     E, p = cfg.env.num_envs, world.size
     num_actions = learner.online.num_actions
     save_replay = cfg.run.save_replay == "always" or (
         cfg.run.save_replay == "auto" and replay_bytes <= REPLAY_SAVE_BUDGET
     )
-    if plan == "continue":
-        resumed = checkpoint.restore(out, state, world, cfg)
-        if not resumed.envs:  # new episodes, seeded apart from the first attempt's
-            state.envs.close()
-            state.envs, state.obs = _make_envs(cfg, world, segment=state.env_steps)
-        if not resumed.per_rank:  # a new replay: refill it before updating again
-            state.learn_from = state.env_steps + cfg.learner.learning_starts
-    # Only now that a checkpoint loaded (or none was needed): a failed restore changes nothing.
-    distributed.run_collectively(
-        lambda: prepare_run_dir(out, cfg, plan) if world.is_chief else None,
-        f"run directory {out}",
-    )
-    # Horovod: start from rank 0's weights and optimizer state (restored or initial).
-    distributed.broadcast_variables(learner.state)
     log: RunLog | None = None
+    plan = ""
+    t_train = time.perf_counter() - state.wall_seconds  # training wall-clock starts
+
+    def begin() -> dict[str, Any] | None:
+        """The start of a run, on every rank together: the same config everywhere, the
+        run directory (new, continue, finished: then its summary is returned), the
+        checkpoint restored, rank 0's weights everywhere, the log opened."""
+        nonlocal plan, t_train
+        # Horovod (host side): every rank must train the same config.
+        distributed.check_same("config", distributed.config_digest(to_yaml(cfg)))
+        # Rank 0 looks at the run directory; a failure there ends every rank with its line.
+        plan = distributed.run_collectively(
+            lambda: inspect_run_dir(out, cfg) if world.is_chief else "", f"run directory {out}"
+        )
+        plan = distributed.allgather_object(plan)[0]
+        ranks = distributed.allgather_object(distributed.describe_rank(world))
+        if world.is_chief:  # the first line of a run: the world it runs in
+            hosts = sorted({r["host"] for r in ranks})
+            devices = sorted({r["device"] for r in ranks})
+            print(
+                f"hvd-dqn: {world.size} rank(s) on {len(hosts)} host(s) ({', '.join(hosts)}), "
+                f"controller {world.controller}, devices {', '.join(devices)}; run directory "
+                f"{out} ({plan})",
+                flush=True,
+            )
+        if plan == "finished":
+            summary = json.loads((out / "summary.json").read_text()) if world.is_chief else {}
+            if world.is_chief:
+                print(
+                    f"hvd-dqn: {out} is already finished ({summary['env_steps']} env steps); "
+                    "nothing to do"
+                )
+            state.envs.close()
+            return {**summary, "already_finished": True}
+        if plan == "continue":
+            resumed = checkpoint.restore(out, state, world, cfg)
+            if not resumed.envs:  # new episodes, seeded apart from the first attempt's
+                state.envs.close()
+                state.envs, state.obs = _make_envs(cfg, world, segment=state.env_steps)
+            if not resumed.per_rank:  # a new replay: refill it before updating again
+                state.learn_from = state.env_steps + cfg.learner.learning_starts
+        # Only now that a checkpoint loaded (or none was needed): a failed restore changes
+        # nothing.
+        distributed.run_collectively(
+            lambda: prepare_run_dir(out, cfg, plan) if world.is_chief else None,
+            f"run directory {out}",
+        )
+        # Horovod: start from rank 0's weights and optimizer state (restored or initial).
+        distributed.broadcast_variables(learner.state)
+        distributed.run_collectively(open_log, f"opening the log in {out}")
+        t_train = time.perf_counter() - state.wall_seconds  # on from the checkpoint's
+        return None
 
     def open_log() -> None:
         nonlocal log
@@ -285,8 +305,6 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             if plan == "continue":
                 log.message(f"continuing {out} from env step {state.env_steps}")
 
-    distributed.run_collectively(open_log, f"opening the log in {out}")
-
     def chief_log(method: str, *args: Any) -> None:
         """Rank 0 writes a metrics row; collective, so a failed write (a full disk) ends
         every rank with one line instead of leaving the others waiting."""
@@ -294,12 +312,10 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             lambda: getattr(log, method)(*args) if log else None, f"writing the log in {out}"
         )
 
-    per_iter = E * p
     K = cfg.learner.updates_per_call
     interrupts.configure(world.rank, cfg.run.max_wall_time, cfg.run.stall_timeout)
     save_seconds = 0.0  # the last checkpoint's duration (the wall-time limit keeps 2x)
     stopped = ""
-    t_train = time.perf_counter() - state.wall_seconds
     last_eval: dict[str, float] = {}
 
     def save() -> None:
@@ -314,112 +330,221 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             interrupts.beat()
         save_seconds = time.perf_counter() - t0
 
-    # (A run restored after it reached stop_at_return has nothing left to train.)
-    while state.env_steps < cfg.run.total_steps and state.solved_at is None:
+    commit = None
+    if cfg.run.elastic:
+        commit = distributed.ElasticCommit(learner.state, state.shared, state.set_shared)
+    began = False  # this rank has been through begin()
+    last_size = 0  # the world size at this rank's previous (re)entry (elastic)
+
+    def rejoin(commit: distributed.ElasticCommit) -> dict[str, Any] | None:
+        """Elastic: every (re)entry of the loop, on every rank together, with the state
+        just synced from rank 0. At the job's first entry (no rank has begun) the run
+        begins; a worker that joins later skips that. The world, the learning rate and
+        rank 0's log follow the new world; each entry is one row of resets.jsonl."""
+        nonlocal world, p, log, began, last_size
+        world = distributed.current_world(world)
+        p = world.size
+        learner.set_world_size(p)
+        interrupts.configure(world.rank, cfg.run.max_wall_time, cfg.run.stall_timeout)
+        me = distributed.describe_rank(world)
+        seen = distributed.allgather_object(
+            {"began": began, "last_size": last_size, "failures": commit.failures, **me}
+        )
+        fresh = not any(r["began"] for r in seen)
+        if fresh:
+            finished = begin()
+            if finished is not None:
+                return finished
+            commit.save()  # the restored checkpoint is the first commit
+        reason = "start" if fresh else "failure" if any(r["failures"] for r in seen) else "hosts"
+        row = {
+            "time": time.time(),
+            "reason": reason,
+            "old_size": max(r["last_size"] for r in seen) or None,
+            "size": p,
+            "env_steps": state.env_steps,
+            "updates": int(learner.updates.numpy()),
+            "ranks": [{k: r[k] for k in ("rank", "host", "pid")} for r in seen],
+        }
+        commit.failures, began, last_size = 0, True, p
+
+        def record() -> None:
+            if world.is_chief:
+                with open(out / "resets.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if not fresh:
+                    print(
+                        f"hvd-dqn: elastic reset ({reason}): {row['old_size']} -> {p} ranks "
+                        f"at env step {state.env_steps}, update {row['updates']}",
+                        flush=True,
+                    )
+
+        distributed.run_collectively(record, f"writing {out / 'resets.jsonl'}")
+        if not fresh:
+            # Rank 0 may be another process now, and rows past the restored step go.
+            if log is not None:
+                log.close()
+                log = None
+            distributed.run_collectively(open_log, f"opening the log in {out}")
+        return None
+
+    def loop(commit: distributed.ElasticCommit | None = None) -> dict[str, Any] | None:
+        """The training loop. Elastic: Horovod calls it again after every reset."""
+        nonlocal stopped, last_eval
         interrupts.beat()
-        # -- act: one batched call for all of this rank's envs ---------------------
-        eps = linear_schedule(
-            cfg.exploration.eps_start,
-            cfg.exploration.eps_end,
-            cfg.exploration.eps_decay_steps,
-            state.env_steps,
-        )
-        actions = epsilon_greedy(learner.greedy(state.obs).numpy(), num_actions, eps, state.rng)
-        next_obs, rewards, terminated, truncated, info = state.envs.step(actions)
-
-        # -- store: raw rewards for reporting, clipped for learning ------------------
-        learn_terminal = terminated
-        if cfg.env.episodic_life and "lives" in info:
-            now = np.asarray(info["lives"])
-            if state.lives is not None:  # a lost life ends the episode for learning only
-                learn_terminal = terminated | ((now < state.lives) & ~state.prev_ended)
-            state.lives = now
-        learn_rewards = np.sign(rewards) if cfg.env.clip_rewards else rewards
-        replay.add(state.obs, actions, learn_rewards, learn_terminal, truncated)
-        ended = (terminated | truncated) & ~state.prev_ended
-        state.ep_return += np.where(state.prev_ended, 0.0, rewards)
-        state.ep_length += ~state.prev_ended
-        window = state.window
-        if ended.any():
-            window.episodes += int(ended.sum())
-            window.return_sum += float(state.ep_return[ended].sum())
-            window.length_sum += float(state.ep_length[ended].sum())
-            state.ep_return[ended], state.ep_length[ended] = 0.0, 0
-        state.prev_ended = ended
-        state.obs = next_obs
-        state.env_steps += per_iter
-        window.env_steps += per_iter
-        step = state.env_steps
-
-        # -- update: replay_ratio updates per env step, K per compiled call ----------
-        nonfinite = False
-        if step >= state.learn_from and replay.t > cfg.replay.n_step + 1:
-            state.update_debt += E * cfg.learner.replay_ratio
-            while state.update_debt >= K and not nonfinite:
-                state.update_debt -= K
-                beta = linear_schedule(
-                    cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, step
-                )
-                # One draw of K batches (one pass through the sum tree), split K ways.
-                batches = replay.sample(K * cfg.learner.batch_size, beta).split(K)
-                t0 = time.perf_counter()
-                result = learner.update(batches)  # gradients averaged over ranks inside
-                window.update_seconds += time.perf_counter() - t0
-                nonfinite = not (math.isfinite(result.loss) and np.isfinite(result.td_abs).all())
-                if not nonfinite:  # a NaN priority would break the sum tree
-                    indices = np.concatenate([batch.indices for batch in batches])
-                    replay.update_priorities(indices, result.td_abs.ravel())
-                window.updates += K
-                window.calls += 1
-                window.loss_sum += result.loss
-                window.q_sum += result.q_mean
-
-        # -- evaluate: the same iterations on every rank ------------------------------
-        last = step >= cfg.run.total_steps
-        reached = False
-        if not nonfinite and (_crossed(step, per_iter, cfg.run.eval_every) or last):
-            t_eval = time.perf_counter()
-            last_eval = _evaluate(cfg, learner, world, interrupts)
-            window.start += time.perf_counter() - t_eval  # throughput excludes evaluation
-            chief_log("eval_row", step, last_eval)
-            target = cfg.run.stop_at_return
-            reached = target is not None and last_eval["return_mean"] >= target
-
-        # -- the vote: one collective carries every decision that stops or saves ------
-        stop, bad_rank, solved = distributed.vote(
-            [interrupts.code(save_seconds), world.rank + 1 if nonfinite else 0, int(reached)]
-        )
-        if bad_rank:  # every rank stops here, before any checkpoint of the bad state
-            good = checkpoint.complete(out)
-            raise TrainingError(
-                f"non-finite loss or TD error on rank {bad_rank - 1} at update "
-                f"{int(learner.updates.numpy())} (env step {step}); nothing saved after it, "
-                f"last good checkpoint: {f'ckpt at {good[-1]} env steps' if good else 'none'}"
-                f" (lower learner.lr or check the env's rewards)"
+        if commit is not None:
+            finished = rejoin(commit)
+            if finished is not None:
+                return finished
+        per_iter = E * p
+        committed = int(learner.updates.numpy())
+        contributes = bool(learner.contributes.numpy())
+        # (A run restored after it reached stop_at_return has nothing left to train.)
+        while state.env_steps < cfg.run.total_steps and state.solved_at is None:
+            interrupts.beat()
+            # -- act: one batched call for all of this rank's envs ---------------------
+            eps = linear_schedule(
+                cfg.exploration.eps_start,
+                cfg.exploration.eps_end,
+                cfg.exploration.eps_decay_steps,
+                state.env_steps,
             )
-        if solved:
-            state.solved_at = step
-        if stop:
-            stopped = interrupts.reason(stop)
-            save()
-            break
-        # Log after the stop decision, so the last window is always written.
-        ending = last or state.solved_at is not None
-        if _crossed(step, per_iter, cfg.run.log_every) or ending:
-            row = _log_point(window, learner, world, eps)
-            chief_log("train_row", step, row)
-            state.window = Window()
-        if _crossed(step, per_iter, cfg.run.checkpoint_every) or ending:
-            save()
-        if state.solved_at is not None:
-            break
+            actions = epsilon_greedy(learner.greedy(state.obs).numpy(), num_actions, eps, state.rng)
+            next_obs, rewards, terminated, truncated, info = state.envs.step(actions)
+
+            # -- store: raw rewards for reporting, clipped for learning ------------------
+            learn_terminal = terminated
+            if cfg.env.episodic_life and "lives" in info:
+                now = np.asarray(info["lives"])
+                if state.lives is not None:  # a lost life ends the episode for learning only
+                    learn_terminal = terminated | ((now < state.lives) & ~state.prev_ended)
+                state.lives = now
+            learn_rewards = np.sign(rewards) if cfg.env.clip_rewards else rewards
+            replay.add(state.obs, actions, learn_rewards, learn_terminal, truncated)
+            ended = (terminated | truncated) & ~state.prev_ended
+            state.ep_return += np.where(state.prev_ended, 0.0, rewards)
+            state.ep_length += ~state.prev_ended
+            window = state.window
+            if ended.any():
+                window.episodes += int(ended.sum())
+                window.return_sum += float(state.ep_return[ended].sum())
+                window.length_sum += float(state.ep_length[ended].sum())
+                state.ep_return[ended], state.ep_length[ended] = 0.0, 0
+            state.prev_ended = ended
+            state.obs = next_obs
+            state.env_steps += per_iter
+            window.env_steps += per_iter
+            step = state.env_steps
+
+            # -- update: replay_ratio updates per env step, K per compiled call ----------
+            # Elastic: whether to update is decided by the shared counters alone, so a
+            # rank that joined takes part in every allreduce; until its replay holds its
+            # share of learning_starts it gives zero weight (distributed.average_gradients).
+            nonfinite = False
+            if commit is not None:
+                can_update = step >= state.learn_from
+                ready = len(replay) >= max(cfg.learner.batch_size, cfg.learner.learning_starts // p)
+                if ready != contributes:
+                    contributes = ready
+                    learner.contributes.assign(1.0 if ready else 0.0)
+            else:
+                can_update = step >= state.learn_from and replay.t > cfg.replay.n_step + 1
+                ready = True
+            if can_update:
+                state.update_debt += E * cfg.learner.replay_ratio
+                while state.update_debt >= K and not nonfinite:
+                    state.update_debt -= K
+                    beta = linear_schedule(
+                        cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, step
+                    )
+                    # One draw of K batches (one pass through the sum tree), split K ways.
+                    if ready:
+                        batches = replay.sample(K * cfg.learner.batch_size, beta).split(K)
+                    else:
+                        batches = [replay.empty_batch(cfg.learner.batch_size)] * K
+                    t0 = time.perf_counter()
+                    result = learner.update(batches)  # gradients averaged over ranks inside
+                    window.update_seconds += time.perf_counter() - t0
+                    nonfinite = not (
+                        math.isfinite(result.loss) and np.isfinite(result.td_abs).all()
+                    )
+                    if ready and not nonfinite:  # a NaN priority would break the sum tree
+                        indices = np.concatenate([batch.indices for batch in batches])
+                        replay.update_priorities(indices, result.td_abs.ravel())
+                    window.updates += K
+                    window.calls += 1
+                    window.loss_sum += result.loss
+                    window.q_sum += result.q_mean
+
+            # -- evaluate: the same iterations on every rank ------------------------------
+            last = step >= cfg.run.total_steps
+            reached = False
+            if not nonfinite and (_crossed(step, per_iter, cfg.run.eval_every) or last):
+                t_eval = time.perf_counter()
+                last_eval = _evaluate(cfg, learner, world, interrupts)
+                window.start += time.perf_counter() - t_eval  # throughput excludes evaluation
+                chief_log("eval_row", step, last_eval)
+                target = cfg.run.stop_at_return
+                reached = target is not None and last_eval["return_mean"] >= target
+
+            # -- the vote: one collective carries every decision that stops or saves ------
+            stop, bad_rank, solved = distributed.vote(
+                [interrupts.code(save_seconds), world.rank + 1 if nonfinite else 0, int(reached)]
+            )
+            if bad_rank:  # every rank stops here, before any checkpoint of the bad state
+                good = checkpoint.complete(out)
+                raise TrainingError(
+                    f"non-finite loss or TD error on rank {bad_rank - 1} at update "
+                    f"{int(learner.updates.numpy())} (env step {step}); nothing saved after "
+                    f"it, last good checkpoint: "
+                    f"{f'ckpt at {good[-1]} env steps' if good else 'none'}"
+                    f" (lower learner.lr or check the env's rewards)"
+                )
+            if solved:
+                state.solved_at = step
+            if stop:
+                stopped = interrupts.reason(stop)
+                save()
+                break
+            # Log after the stop decision, so the last window is always written.
+            ending = last or state.solved_at is not None
+            if _crossed(step, per_iter, cfg.run.log_every) or ending:
+                row = _log_point(window, learner, world, eps)
+                chief_log("train_row", step, row)
+                state.window = Window()
+            saved = _crossed(step, per_iter, cfg.run.checkpoint_every) or ending
+            if saved:
+                save()
+            updates = int(learner.updates.numpy())
+            if commit is not None and (saved or updates - committed >= cfg.run.commit_every):
+                # Horovod Elastic: keep this state in memory; every rank learns here, at
+                # the same update, whether the hosts changed (then all reset together).
+                committed = updates
+                commit.commit()
+            if state.solved_at is not None:
+                break
+        return None
+
+    if commit is None:
+        finished = begin()
+        if finished is None:
+            loop()
+    else:
+        finished = distributed.run_elastic(loop, commit)
+    if finished is not None:
+        return finished
 
     train_seconds = time.perf_counter() - t_train
     state.envs.close()
+    # Every rank must end with the same weights (elastic resets included).
+    digests = distributed.allgather_object(learner.digest())
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the ranks ended with different weights: {digests}")
     summary = {
         "env_steps": state.env_steps,
         "updates": int(learner.updates.numpy()),
         "world_size": p,
+        "weights_sha256": digests[0],
         "solved_at_env_steps": state.solved_at,
         "train_seconds": round(train_seconds, 3),
         "process_seconds": round(time.perf_counter() - t_process, 3),

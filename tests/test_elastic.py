@@ -1,0 +1,150 @@
+"""Horovod Elastic with real workers on this machine: `horovodrun --min-np/--max-np
+--host-discovery-script` with "hosts" that are distinct names of this machine (localhost,
+127.0.0.1, its host name, its address), each with one slot, and docker/discover-hosts.sh
+reading a host file the test rewrites. A worker is SIGKILLed, a host is added, a host is
+removed, and the run must go on and finish with exact counters and identical weights.
+Assertions read resets.jsonl, the row rank 0 writes at the start and at every reset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, ROOT, logged_steps, quiet_env
+
+pytestmark = [pytest.mark.distributed, pytest.mark.elastic]
+
+
+def local_names() -> list[str]:
+    """Four names Horovod treats as four local hosts (no ssh)."""
+    from horovod.runner.util.network import get_local_host_addresses
+
+    local = get_local_host_addresses()
+    names = ["localhost", "127.0.0.1", socket.gethostname()]
+    names += sorted(a for a in local if a != "127.0.0.1")
+    names = [n for n in dict.fromkeys(names) if socket.gethostbyname(n) in local]
+    if len(names) < 4:
+        pytest.skip(f"needs 4 names of this machine, found {names}")
+    return names[:4]
+
+
+def resets(run: Path) -> list[dict]:
+    path = run / "resets.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_rows(run: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while len(rows := resets(run)) < n:
+        if proc.poll() is not None:
+            pytest.fail(f"ended ({proc.returncode}) with {rows}: {proc.stdout.read()[-3000:]}")  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, f"timed out waiting for reset row {n}: {rows}"
+        time.sleep(0.2)
+    return rows
+
+
+def start(tmp_path: Path, hosts: list[str], np: int, total: int) -> tuple[subprocess.Popen, Path]:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("".join(f"{h}:1\n" for h in hosts))
+    run = tmp_path / "run"
+    cmd = [
+        str(BIN / "horovodrun"), "-np", str(np), "--min-np", "2", "--max-np", "3",
+        "--host-discovery-script", f"bash {ROOT / 'docker' / 'discover-hosts.sh'} {hostfile}",
+        str(BIN / "hvd-dqn"), "train", "--elastic", "--run-dir", str(run),
+        "--total-steps", str(total), "--no-progress", "--set", "run.threads=1",
+        "--set", "run.stop_at_return=none", "--set", "run.eval_episodes=2",
+        "--set", "run.checkpoint_every=0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=quiet_env(),
+        cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    return proc, run
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"elastic job did not finish: {out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def check_summary(run: Path, total: int, rows: list[dict]) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    # Env steps are counted once: the total is reached exactly at an iteration boundary
+    # (num_envs x ranks steps each), and every reset row's steps were committed ones.
+    assert total <= summary["env_steps"] < total + 3 * 8
+    assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
+    assert summary["updates"] >= rows[-1]["updates"]
+    # sha256 of every variable, the same on every rank (train() fails otherwise)
+    assert len(summary["weights_sha256"]) == 64
+    return summary
+
+
+def test_a_killed_worker_is_dropped_and_a_new_one_joins(tmp_path: Path) -> None:
+    a, b, c, d = local_names()
+    total = 40_000
+    proc, run = start(tmp_path, [a, b, c], 3, total)
+    try:
+        (first,) = wait_rows(run, 1, proc)
+        assert first["reason"] == "start" and first["size"] == 3
+        while not logged_steps(run):  # trained and committed for a while
+            assert proc.poll() is None
+            time.sleep(0.2)
+        os.kill(first["ranks"][2]["pid"], signal.SIGKILL)
+        killed_at = time.time()
+        rows = wait_rows(run, 2, proc)
+        lost = rows[1]
+        assert (lost["reason"], lost["old_size"], lost["size"]) == ("failure", 3, 2)
+        assert first["ranks"][2]["pid"] not in [r["pid"] for r in lost["ranks"]]
+        # The last commit came back (commits every 100 updates), not the start.
+        assert lost["updates"] > 0 and lost["env_steps"] > 0
+        recovered = lost["time"] - killed_at
+        # A replacement host appears (the failed one stays blacklisted by Horovod): the
+        # job grows back to 3 at the next commit.
+        with open(tmp_path / "hosts", "a") as f:
+            f.write(f"{d}:1\n")
+        rows = wait_rows(run, 3, proc)
+        joined = rows[2]
+        assert (joined["reason"], joined["old_size"], joined["size"]) == ("hosts", 2, 3)
+        new_pids = {r["pid"] for r in joined["ranks"]} - {r["pid"] for r in lost["ranks"]}
+        assert len(new_pids) == 1
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    summary = check_summary(run, total, resets(run))
+    assert summary["world_size"] == 3
+    assert "elastic reset (failure): 3 -> 2" in out and "elastic reset (hosts): 2 -> 3" in out
+    print(f"from the SIGKILL to training again with 2 ranks: {recovered:.1f} s")
+
+
+def test_a_host_removed_from_discovery_leaves_without_a_failure(tmp_path: Path) -> None:
+    a, b, c, _ = local_names()
+    total = 30_000
+    proc, run = start(tmp_path, [a, b, c], 3, total)
+    try:
+        wait_rows(run, 1, proc)
+        while not logged_steps(run):
+            assert proc.poll() is None
+            time.sleep(0.2)
+        (tmp_path / "hosts").write_text(f"{a}:1\n{b}:1\n")
+        rows = wait_rows(run, 2, proc)
+        assert (rows[1]["reason"], rows[1]["old_size"], rows[1]["size"]) == ("hosts", 3, 2)
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    summary = check_summary(run, total, resets(run))
+    assert summary["world_size"] == 2
+    assert "failure" not in [r["reason"] for r in resets(run)], out[-2000:]
