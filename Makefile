@@ -56,7 +56,7 @@ $(COMPAT_VENV)/.installed: docker/install.sh docker/constraints-compat.txt pypro
 	touch $@
 
 compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow and not slurm and not hosts"
+	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow and not slurm and not hosts and not elastic"
 
 image:
 	bash docker/install-test-tools.sh

@@ -11,6 +11,12 @@ lives in one TrainState (checkpoint.py), which is what a checkpoint saves.
 The same command starts a run and continues it: run.run_dir that holds this run goes on
 from its newest complete checkpoint; a finished one exits at once.
 
+Elastic (run.elastic, under an elastic horovodrun): the loop runs inside
+distributed.run_elastic. A worker that is lost or added makes Horovod re-form the world
+and enter the loop again with the last commit synced from rank 0 (rejoin); the run
+begins (begin) at the job's first entry only, so a joining worker makes no collective
+call before the loop.
+
 A run directory (rank 0 writes it) holds:
     config.yaml        the resolved config (load it with --config to rerun)
     metrics.jsonl      one JSON line per log/eval point, averaged over ranks

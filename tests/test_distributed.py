@@ -95,6 +95,21 @@ def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bo
 
 
 @pytest.mark.distributed
+def test_the_elastic_mean_leaves_out_a_rank_of_weight_zero(tmp_path: Path) -> None:
+    """sum_r w_r g_r / max(sum_r w_r, 1): a rank filling its replay does not dilute it."""
+    proc = horovodrun(
+        [sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "weighted"],
+        gloo=True,
+        env=quiet_env(HOROVOD_ELASTIC="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in _results(tmp_path):
+        assert r["one_counts"] == [1.0, 2.0]  # rank 0's gradient alone
+        assert r["both_count"] == [1.5, 3.0]  # the plain mean of (1, 2) and (2, 4)
+        assert r["none_count"] == [0.0, 0.0]
+
+
+@pytest.mark.distributed
 def test_mismatched_shapes_raise_instead_of_hanging(tmp_path: Path) -> None:
     proc = horovodrun(
         [sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "mismatch"], timeout=120

@@ -196,3 +196,18 @@ def test_a_killed_rank_fails_the_job_within_seconds_and_leaves_it_resumable(
     assert _wait_state(slurm, job, {"FAILED", "COMPLETED"}, 60) == "FAILED"
     assert gone < 10
     assert checkpoints(run) and not (run / "summary.json").exists()
+
+
+def test_the_elastic_discovery_script_lists_the_jobs_nodes(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    """slurm/discover-hosts.sh inside a real job: its node with the tasks per node."""
+    out = tmp_path / "hosts.txt"
+    script = f"#!/bin/bash\nbash {ROOT / 'slurm' / 'discover-hosts.sh'} > {out}\n"
+    (tmp_path / "job.sh").write_text(script)
+    subprocess.run(
+        ["sbatch", "--wait", "--ntasks-per-node=2", f"--output={tmp_path / 'log'}",
+         str(tmp_path / "job.sh")],
+        env=slurm, check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.read_text() == f"{socket.gethostname().split('.')[0]}:2\n"

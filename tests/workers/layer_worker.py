@@ -1,6 +1,6 @@
 """Run under horovodrun -np 2: exercises hvd_dqn.distributed and writes rank<r>.json.
 
-Usage: layer_worker.py OUT_DIR MODE   (MODE: layer | mismatch)
+Usage: layer_worker.py OUT_DIR MODE   (MODE: layer | mismatch | weighted)
 """
 
 import json
@@ -17,7 +17,14 @@ out, mode = Path(sys.argv[1]), sys.argv[2]
 world = distributed.init()
 result: dict = {"rank": world.rank, "size": world.size, "controller": world.controller}
 
-if mode == "mismatch":
+if mode == "weighted":
+    # The elastic mean (HOROVOD_ELASTIC=1): rank 1 has weight 0, as a joining rank.
+    g = tf.constant([1.0, 2.0]) * (world.rank + 1)
+    weight = tf.constant(1.0 if world.rank == 0 else 0.0)
+    result["one_counts"] = distributed.average_gradients([g], weight)[0].numpy().tolist()
+    result["both_count"] = distributed.average_gradients([g], tf.constant(1.0))[0].numpy().tolist()
+    result["none_count"] = distributed.average_gradients([g], tf.constant(0.0))[0].numpy().tolist()
+elif mode == "mismatch":
     # Rank 0 sends 3 numbers, rank 1 sends 4: Horovod must refuse, not hang.
     try:
         distributed.average_gradients([tf.zeros([3 + world.rank])])
