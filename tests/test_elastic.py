@@ -7,12 +7,14 @@ Assertions read resets.jsonl, the row rank 0 writes at the start and at every re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,24 @@ def wait_rows(run: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -
         assert time.monotonic() < deadline, f"timed out waiting for reset row {n}: {rows}"
         time.sleep(0.2)
     return rows
+
+
+@contextlib.contextmanager
+def elastic_job(
+    tmp_path: Path, hosts: list[str], np: int, total: int
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """An elastic job on `hosts` (one slot each), waited for until it has trained a
+    while; killed with its workers if the test ends first."""
+    proc, run = start(tmp_path, hosts, np, total)
+    try:
+        wait_rows(run, 1, proc)
+        while not logged_steps(run):  # trained (and committed) for a while
+            assert proc.poll() is None
+            time.sleep(0.2)
+        yield proc, run
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def start(tmp_path: Path, hosts: list[str], np: int, total: int) -> tuple[subprocess.Popen, Path]:
@@ -94,13 +114,9 @@ def check_summary(run: Path, total: int, rows: list[dict]) -> dict:
 def test_a_killed_worker_is_dropped_and_a_new_one_joins(tmp_path: Path) -> None:
     a, b, c, d = local_names()
     total = 40_000
-    proc, run = start(tmp_path, [a, b, c], 3, total)
-    try:
-        (first,) = wait_rows(run, 1, proc)
+    with elastic_job(tmp_path, [a, b, c], 3, total) as (proc, run):
+        (first,) = resets(run)
         assert first["reason"] == "start" and first["size"] == 3
-        while not logged_steps(run):  # trained and committed for a while
-            assert proc.poll() is None
-            time.sleep(0.2)
         os.kill(first["ranks"][2]["pid"], signal.SIGKILL)
         killed_at = time.time()
         rows = wait_rows(run, 2, proc)
@@ -120,9 +136,6 @@ def test_a_killed_worker_is_dropped_and_a_new_one_joins(tmp_path: Path) -> None:
         new_pids = {r["pid"] for r in joined["ranks"]} - {r["pid"] for r in lost["ranks"]}
         assert len(new_pids) == 1
         out = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     summary = check_summary(run, total, resets(run))
     assert summary["world_size"] == 3
     assert "elastic reset (failure): 3 -> 2" in out and "elastic reset (hosts): 2 -> 3" in out
@@ -132,19 +145,11 @@ def test_a_killed_worker_is_dropped_and_a_new_one_joins(tmp_path: Path) -> None:
 def test_a_host_removed_from_discovery_leaves_without_a_failure(tmp_path: Path) -> None:
     a, b, c, _ = local_names()
     total = 30_000
-    proc, run = start(tmp_path, [a, b, c], 3, total)
-    try:
-        wait_rows(run, 1, proc)
-        while not logged_steps(run):
-            assert proc.poll() is None
-            time.sleep(0.2)
+    with elastic_job(tmp_path, [a, b, c], 3, total) as (proc, run):
         (tmp_path / "hosts").write_text(f"{a}:1\n{b}:1\n")
         rows = wait_rows(run, 2, proc)
         assert (rows[1]["reason"], rows[1]["old_size"], rows[1]["size"]) == ("hosts", 3, 2)
         out = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     summary = check_summary(run, total, resets(run))
     assert summary["world_size"] == 2
     assert "failure" not in [r["reason"] for r in resets(run)], out[-2000:]
