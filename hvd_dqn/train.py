@@ -341,6 +341,9 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
         commit = distributed.ElasticCommit(learner.state, state.shared, state.set_shared)
     began = False  # this rank has been through begin()
     last_size = 0  # the world size at this rank's previous (re)entry (elastic)
+    # Elastic, this rank: the update count when it entered the job, and when (with how
+    # many transitions in its replay) its gradient first counted.
+    mine: dict[str, Any] = {"joined_at": None, "weighted_from": None, "replay_then": None}
 
     def rejoin(commit: distributed.ElasticCommit) -> dict[str, Any] | None:
         """Elastic: every (re)entry of the loop, on every rank together, with the state
@@ -372,6 +375,8 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             "updates": int(learner.updates.numpy()),
             "ranks": [{k: r[k] for k in ("rank", "host", "pid")} for r in seen],
         }
+        if not began:
+            mine["joined_at"] = row["updates"]
         commit.failures, began, last_size = 0, True, p
 
         def record() -> None:
@@ -453,6 +458,9 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
                 if ready != contributes:
                     contributes = ready
                     learner.contributes.assign(1.0 if ready else 0.0)
+                    if ready and mine["weighted_from"] is None:
+                        mine["weighted_from"] = int(learner.updates.numpy())
+                        mine["replay_then"] = len(replay)
             else:
                 can_update = step >= state.learn_from and replay.t > cfg.replay.n_step + 1
                 ready = True
@@ -543,7 +551,8 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
     train_seconds = time.perf_counter() - t_train
     state.envs.close()
     # Every rank must end with the same weights (elastic resets included).
-    digests = distributed.allgather_object(learner.digest())
+    ranks = distributed.allgather_object({"pid": os.getpid(), "digest": learner.digest(), **mine})
+    digests = [r["digest"] for r in ranks]
     if len(set(digests)) > 1:
         raise TrainingError(f"the ranks ended with different weights: {digests}")
     summary = {
@@ -551,6 +560,7 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
         "updates": int(learner.updates.numpy()),
         "world_size": p,
         "weights_sha256": digests[0],
+        **({"elastic_ranks": ranks} if commit is not None else {}),
         "solved_at_env_steps": state.solved_at,
         "train_seconds": round(train_seconds, 3),
         "process_seconds": round(time.perf_counter() - t_process, 3),

@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ROOT, logged_steps, quiet_env
 
+from hvd_dqn.config import load
+
 pytestmark = [pytest.mark.distributed, pytest.mark.elastic]
+LEARNING_STARTS = load("cartpole", []).learner.learning_starts
 
 
 def local_names() -> list[str]:
@@ -138,6 +141,12 @@ def test_a_killed_worker_is_dropped_and_a_new_one_joins(tmp_path: Path) -> None:
         out = finish(proc)
     summary = check_summary(run, total, resets(run))
     assert summary["world_size"] == 3
+    # The new worker's gradient counted only once its replay held its share of
+    # learning_starts (zero weight before), after it had joined.
+    (new,) = [r for r in summary["elastic_ranks"] if r["pid"] in new_pids]
+    assert new["joined_at"] == joined["updates"]
+    assert new["weighted_from"] > new["joined_at"]
+    assert new["replay_then"] >= LEARNING_STARTS // 3
     assert "elastic reset (failure): 3 -> 2" in out and "elastic reset (hosts): 2 -> 3" in out
     print(f"from the SIGKILL to training again with 2 ranks: {recovered:.1f} s")
 
