@@ -449,18 +449,23 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
 
             # -- update: replay_ratio updates per env step, K per compiled call ----------
             # Elastic: whether to update is decided by the shared counters alone, so a
-            # rank that joined takes part in every allreduce; until its replay holds its
-            # share of learning_starts it gives zero weight (distributed.average_gradients).
+            # rank that joined takes part in every allreduce; until it has stored its share
+            # of learning_starts it gives zero weight (distributed.average_gradients). The
+            # ranks that start the run are ready exactly when learn_from is reached.
             nonfinite = False
             if commit is not None:
                 can_update = step >= state.learn_from
-                ready = len(replay) >= max(cfg.learner.batch_size, cfg.learner.learning_starts // p)
+                stored = replay.t * E  # transitions this rank added (since it joined)
+                ready = (
+                    stored >= cfg.learner.learning_starts // p
+                    and len(replay) >= cfg.learner.batch_size
+                )
                 if ready != contributes:
                     contributes = ready
                     learner.contributes.assign(1.0 if ready else 0.0)
                     if ready and mine["weighted_from"] is None:
                         mine["weighted_from"] = int(learner.updates.numpy())
-                        mine["replay_then"] = len(replay)
+                        mine["replay_then"] = stored
             else:
                 can_update = step >= state.learn_from and replay.t > cfg.replay.n_step + 1
                 ready = True

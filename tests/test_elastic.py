@@ -143,7 +143,10 @@ def test_a_killed_worker_is_dropped_and_a_new_one_joins(tmp_path: Path) -> None:
     assert summary["world_size"] == 3
     # The new worker's gradient counted only once its replay held its share of
     # learning_starts (zero weight before), after it had joined.
-    (new,) = [r for r in summary["elastic_ranks"] if r["pid"] in new_pids]
+    *first_ranks, new = sorted(summary["elastic_ranks"], key=lambda r: r["pid"] in new_pids)
+    assert new["pid"] in new_pids
+    # The workers that started the run counted from the first update: none ran unweighted.
+    assert [r["weighted_from"] for r in first_ranks] == [0, 0]
     assert new["joined_at"] == joined["updates"]
     assert new["weighted_from"] > new["joined_at"]
     assert new["replay_then"] >= LEARNING_STARTS // 3
