@@ -139,10 +139,6 @@ class Learner(tf.Module):
         self.optimizer.lr.assign(scaled_lr(self.cfg, world_size))
 
     @property
-    def lr(self) -> float:
-        return float(self.optimizer.lr.numpy())
-
-    @property
     def state(self) -> list[tf.Variable]:
         """Everything that must match across ranks: weights, optimizer, update count."""
         return [*self.online.weights, *self.target.weights, *self.optimizer.state, self.updates]

@@ -534,12 +534,14 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             saved = _crossed(step, per_iter, cfg.run.checkpoint_every) or ending
             if saved:
                 save()
-            updates = int(learner.updates.numpy())
-            if commit is not None and (saved or updates - committed >= cfg.run.commit_every):
-                # Horovod Elastic: keep this state in memory; every rank learns here, at
-                # the same update, whether the hosts changed (then all reset together).
-                committed = updates
-                commit.commit()
+            if commit is not None:
+                updates = int(learner.updates.numpy())  # (read only when elastic)
+                if saved or updates - committed >= cfg.run.commit_every:
+                    # Horovod Elastic: keep this state in memory; every rank learns here,
+                    # at the same update, whether the hosts changed (then all reset
+                    # together).
+                    committed = updates
+                    commit.commit()
             if state.solved_at is not None:
                 break
         return None
