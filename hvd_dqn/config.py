@@ -48,7 +48,8 @@ class EnvConfig:
     num_envs: int = _f(8, lo=1, hi=4096)
     """Environments per rank, stepped together as one vector env."""
     max_episode_steps: int = _f(0, lo=0)
-    """Time limit in env steps (0: the env's own); a time-limited episode bootstraps."""
+    """Time limit in agent steps (0: the env's own; Atari: one step is frame_skip
+    frames); a time-limited episode bootstraps."""
     clip_rewards: bool = False
     """Learn from sign(reward) (returns are still reported raw)."""
     episodic_life: bool = False

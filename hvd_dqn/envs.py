@@ -77,19 +77,20 @@ def _register(env_id: str) -> str:
     return env_id
 
 
-def _atari_env(cfg: EnvConfig, **kwargs: Any) -> gym.Env:
+def _atari_env(cfg: EnvConfig) -> gym.Env:
     """One Atari env with the Nature-DQN preprocessing (Mnih et al. 2015; Machado 2018).
 
     ALE steps every frame (frameskip=1) so AtariPreprocessing can repeat each action
     frame_skip times and max-pool the last two frames; then 84x84 grayscale, up to
-    noop_max no-ops after reset, and frame_stack frames stacked on axis 0.
+    noop_max no-ops after reset, and frame_stack frames stacked on axis 0. The time
+    limit counts agent steps (one per frame_skip frames), as env.max_episode_steps
+    means for every env.
     """
     env = gym.make(
         cfg.id,
         frameskip=1,
         repeat_action_probability=cfg.sticky_actions,
         full_action_space=False,
-        **kwargs,
     )
     env = gym.wrappers.AtariPreprocessing(
         env,
@@ -100,6 +101,8 @@ def _atari_env(cfg: EnvConfig, **kwargs: Any) -> gym.Env:
         grayscale_obs=True,
         scale_obs=False,
     )
+    if cfg.max_episode_steps:  # outside the frame skip: a limit in agent steps
+        env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
     return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
 
 
@@ -119,7 +122,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int, native: bool = True) -> gym.v
     if is_atari(cfg.id):
 
         def make_one() -> gym.Env:
-            return _atari_env(cfg, **kwargs)
+            return _atari_env(cfg)
 
         envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([make_one] * num_envs)
     elif native and spec.vector_entry_point is not None:
@@ -184,6 +187,23 @@ def reset(envs: gym.vector.VectorEnv, seeds: Sequence[int]) -> np.ndarray:
     seed: Any = list(seeds) if per_env else int(seeds[0])
     obs, _ = envs.reset(seed=seed)
     return obs
+
+
+def lives_lost(
+    before: np.ndarray | None, info: dict[str, Any], prev_ended: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Atari's episodic life: which envs lost a life in this step, and the lives now.
+
+    `before` is the lives after the previous step (None at the start); `prev_ended`
+    marks the envs whose previous step ended the episode, so this step was their
+    autoreset (lives back to full, nothing lost). No "lives" in info: nothing is lost.
+    """
+    if "lives" not in info:
+        return None, before
+    now = np.asarray(info["lives"])
+    if before is None:
+        return None, now
+    return (now < before) & ~prev_ended, now
 
 
 def run_episodes(

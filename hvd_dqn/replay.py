@@ -157,16 +157,23 @@ class Replay:
         rewards: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        life_lost: np.ndarray | None = None,
     ) -> None:
         """Store one vector step: obs [E, ...] the actions [E] were taken in, and the
-        rewards and episode-end flags [E] that env.step returned."""
+        rewards and episode-end flags [E] that env.step returned.
+
+        life_lost [E] (Atari's episodic life): a terminal for learning only. The n-step
+        return stops there with no bootstrap, but the episode goes on: the next slot is
+        the env's real next step (the FIRE after a lost life in Breakout), not an
+        episode's first observation, and frame stacks keep running across it. Episode
+        boundaries follow the env's own terminated | truncated alone."""
         c = self.t
         s = c % self.lane
         is_final = self._prev_ended  # obs is an episode's last; the env ignores the action
         self.frames[s] = obs[:, -1] if self.stack > 1 else obs
         self.actions[s] = actions
         self.rewards[s] = rewards
-        self.terminated[s] = terminated
+        self.terminated[s] = terminated if life_lost is None else terminated | life_lost
         self.truncated[s] = truncated
         self.is_final[s] = is_final
         self.ep_step[s] = self._next_ep_step
@@ -320,7 +327,7 @@ class Replay:
         if self.t == 0:
             return
         s = (self.t - 1) % self.lane
-        open_ = ~(self.terminated[s] | self.truncated[s]) & ~self._prev_ended
+        open_ = ~self._prev_ended  # the lanes whose last step did not end their episode
         self.truncated[s] |= open_
         self._prev_ended = self._prev_ended | open_
         zeros = np.zeros(self.num_envs)

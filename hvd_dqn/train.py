@@ -45,7 +45,7 @@ from hvd_dqn.checkpoint import TrainState, Window
 from hvd_dqn.config import Config, ConfigError, changed_fields, load, run_dir, to_yaml
 from hvd_dqn.distributed import World
 from hvd_dqn.dqn import epsilon_greedy, linear_schedule
-from hvd_dqn.envs import env_seeds, frame_stack, make_vector_env, reset
+from hvd_dqn.envs import env_seeds, frame_stack, lives_lost, make_vector_env, reset
 from hvd_dqn.evaluate import evaluate, export_policy
 from hvd_dqn.interrupts import EXIT_PREEMPTED, Interrupts
 from hvd_dqn.learner import ExportedPolicy, Learner
@@ -424,14 +424,11 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             next_obs, rewards, terminated, truncated, info = state.envs.step(actions)
 
             # -- store: raw rewards for reporting, clipped for learning ------------------
-            learn_terminal = terminated
-            if cfg.env.episodic_life and "lives" in info:
-                now = np.asarray(info["lives"])
-                if state.lives is not None:  # a lost life ends the episode for learning only
-                    learn_terminal = terminated | ((now < state.lives) & ~state.prev_ended)
-                state.lives = now
+            life_lost = None  # a learning terminal only: the episode goes on
+            if cfg.env.episodic_life:
+                life_lost, state.lives = lives_lost(state.lives, info, state.prev_ended)
             learn_rewards = np.sign(rewards) if cfg.env.clip_rewards else rewards
-            replay.add(state.obs, actions, learn_rewards, learn_terminal, truncated)
+            replay.add(state.obs, actions, learn_rewards, terminated, truncated, life_lost)
             ended = (terminated | truncated) & ~state.prev_ended
             state.ep_return += np.where(state.prev_ended, 0.0, rewards)
             state.ep_length += ~state.prev_ended

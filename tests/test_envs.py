@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hvd_dqn.config import ConfigError, EnvConfig
-from hvd_dqn.envs import env_seeds, make_vector_env, run_episodes
+from hvd_dqn.envs import env_seeds, lives_lost, make_vector_env, run_episodes
 from hvd_dqn.evaluate import eval_seed
 
 
@@ -39,6 +39,28 @@ def test_atari_preprocessing_shapes() -> None:
     obs, _ = envs.reset(seed=[0, 2])
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
     envs.close()
+
+
+def test_atari_time_limit_counts_agent_steps_not_frames() -> None:
+    """env.max_episode_steps=40 ends an Atari episode after 40 agent steps (160 frames
+    at frame_skip 4), as for every other env; NOOP in Breakout never loses the ball, so
+    only the time limit can end it."""
+    envs = make_vector_env(EnvConfig(id="ALE/Breakout-v5", max_episode_steps=40), 1)
+    envs.reset(seed=[0])
+    for step in range(1, 100):
+        _, _, terminated, truncated, _ = envs.step(np.zeros(1, dtype=np.int64))
+        if terminated[0] or truncated[0]:
+            break
+    envs.close()
+    assert (step, bool(truncated[0]), bool(terminated[0])) == (40, True, False)
+
+
+def test_a_lost_life_is_seen_only_by_the_env_that_lost_it_and_not_on_a_reset() -> None:
+    before = np.array([5, 5, 1])
+    lost, now = lives_lost(before, {"lives": np.array([4, 5, 5])}, np.array([False, False, True]))
+    assert lost.tolist() == [True, False, False] and now.tolist() == [4, 5, 5]
+    assert lives_lost(None, {"lives": before}, np.zeros(3, bool))[0] is None  # first step
+    assert lives_lost(before, {}, np.zeros(3, bool)) == (None, before)  # no lives: none lost
 
 
 def test_minatar_observations() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hvd_dqn.config import EnvConfig
-from hvd_dqn.envs import make_vector_env
+from hvd_dqn.envs import lives_lost, make_vector_env
 from hvd_dqn.replay import Batch, Replay, SumTree
 
 # -- sum-tree ------------------------------------------------------------------------------
@@ -196,6 +196,40 @@ def test_frame_dedup_rebuilds_exactly_the_observed_stacks(capacity: int) -> None
     # Both kinds of stacks were compared: next observations, and episodes younger than
     # the stack (where the first frame is repeated).
     assert bootstrapped > 128 and young > 0
+
+
+def test_a_lost_life_cuts_the_return_but_not_the_episode() -> None:
+    """Episodic life (the atari preset): a lost life is a learning terminal only. The
+    env did not reset, so the slot after it is the real next step (the FIRE that
+    launches the next ball), sampleable, and its stack holds the frames the agent saw."""
+    cfg = EnvConfig(id="ALE/Breakout-v5", num_envs=2, noop_max=5)
+    envs = make_vector_env(cfg, 2)
+    replay = Replay(2 * 1000, 2, (4, 84, 84), np.uint8, stack=4, n_step=3, seed=0)
+    rng = np.random.default_rng(0)
+    obs, info = envs.reset(seed=[0, 2])
+    lives, prev_ended = np.asarray(info["lives"]), np.zeros(2, dtype=bool)
+    seen, losses = [], []  # seen[t]: what the agent acted on; losses: (t, env) of a lost life
+    for t in range(800):
+        actions = rng.integers(4, size=2)
+        nxt, r, term, trunc, info = envs.step(actions)
+        lost, lives = lives_lost(lives, info, prev_ended)
+        assert lost is not None
+        replay.add(obs, actions, r, term, trunc, lost)
+        seen.append(obs)
+        losses += [(t, e) for e in np.flatnonzero(lost & ~term)]
+        prev_ended = (term | trunc) & ~prev_ended
+        obs = nxt
+    envs.close()
+    assert len(losses) >= 4
+    for t, e in losses:
+        assert replay.terminated[t, e]  # the n-step return stops here, no bootstrap
+        assert not replay.is_final[t + 1, e]  # the step after it is a real transition
+        assert replay.ep_step[t + 1, e] == replay.ep_step[t, e] + 1  # same episode
+    times = np.arange(3, replay.t - 4)
+    for e in (0, 1):  # every stored stack is the observation the agent acted on
+        keep = ~replay.is_final[times, e]
+        stacks = replay._stacked(times[keep], np.full(keep.sum(), e))
+        np.testing.assert_array_equal(stacks, np.stack([seen[t][e] for t in times[keep]]))
 
 
 def test_atari_buffer_memory_is_one_frame_per_transition() -> None:

@@ -6,6 +6,7 @@ from that checkpoint; a killed rank ends the job FAILED with the run resumable."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=10,socket={munge}
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -52,47 +54,76 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM by process id, newest first: only what these tests started."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _munged() -> Iterator[Path]:
+    """A munged of these tests' own on a socket of its own (not the system's
+    /run/munge, which may be stale or absent); yields the socket once it answers, so
+    slurmd never registers before munge can sign its messages. The socket's directory
+    must be reachable by every user (munged checks), so it is under /run, not the
+    private pytest temporary directory."""
+    d = Path(tempfile.mkdtemp(prefix="hvdt-munge-", dir="/run"))
+    d.chmod(0o755)
+    shutil.chown(d, "munge")
+    sock = d / "munge.socket"
+    cmd = [
+        "runuser", "-u", "munge", "--", "munged", "--foreground", f"--socket={sock}",
+        f"--pid-file={d / 'munged.pid'}", f"--seed-file={d / 'seed'}", f"--log-file={d / 'log'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["munge", "-n", "-S", str(sock)], capture_output=True).returncode:
+            assert proc.poll() is None, f"munged ended: {proc.communicate()[0]}"
+            assert time.monotonic() < deadline, "munged never answered"
+            time.sleep(0.1)
+        yield sock
+    finally:
+        _stop([proc])
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A running one-node SLURM; yields the environment its clients need."""
-    if not shutil.which("slurmctld") or os.geteuid() != 0:
-        pytest.skip("needs root and Debian's slurm-wlm (make test installs it)")
+    if not shutil.which("slurmctld") or not shutil.which("munged") or os.geteuid() != 0:
+        pytest.skip("needs root and Debian's slurm-wlm and munge (make test installs them)")
     d = tmp_path_factory.mktemp("slurm")
     (d / "state").mkdir()
     (d / "spool").mkdir()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 9 // 10
     host = socket.gethostname().split(".")[0]
     conf = d / "slurm.conf"
-    conf.write_text(CONF.format(host=host, dir=d, mem=mem))
     env = dict(quiet_env(), SLURM_CONF=str(conf))
     procs: list[subprocess.Popen] = []
-    munge_socket = Path("/run/munge/munge.socket.2")
-    if not munge_socket.exists():
-        Path("/run/munge").mkdir(exist_ok=True)
-        shutil.chown("/run/munge", "munge")
-        procs.append(subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "-F"]))
-    procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
-    procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env))
-    try:
-        deadline = time.monotonic() + 60
-        while (
-            "idle"
-            not in subprocess.run(
-                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env
-            ).stdout
-        ):
-            assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
-            time.sleep(0.5)
-        yield env
-    finally:
-        for proc in reversed(procs):  # by process id: only what this fixture started
-            proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with _munged() as munge:
+        conf.write_text(CONF.format(host=host, dir=d, mem=mem, munge=munge))
+        try:
+            procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
+            procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env))
+            deadline = time.monotonic() + 60
+            while (
+                "idle"
+                not in subprocess.run(
+                    ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env
+                ).stdout
+            ):
+                assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
+                time.sleep(0.5)
+            yield env
+        finally:
+            _stop(procs)
 
 
 def _sbatch(env: dict[str, str], run: Path, log: Path, *args: str) -> str:
