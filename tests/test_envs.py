@@ -47,12 +47,12 @@ def test_atari_time_limit_counts_agent_steps_not_frames() -> None:
     only the time limit can end it."""
     envs = make_vector_env(EnvConfig(id="ALE/Breakout-v5", max_episode_steps=40), 1)
     envs.reset(seed=[0])
-    for step in range(1, 100):
-        _, _, terminated, truncated, _ = envs.step(np.zeros(1, dtype=np.int64))
-        if terminated[0] or truncated[0]:
-            break
+    steps, terminated, truncated = 0, False, False
+    while not (terminated or truncated) and steps < 100:
+        _, _, term, trunc, _ = envs.step(np.zeros(1, dtype=np.int64))
+        steps, terminated, truncated = steps + 1, bool(term[0]), bool(trunc[0])
     envs.close()
-    assert (step, bool(truncated[0]), bool(terminated[0])) == (40, True, False)
+    assert (steps, truncated, terminated) == (40, True, False)
 
 
 def test_a_lost_life_is_seen_only_by_the_env_that_lost_it_and_not_on_a_reset() -> None:
