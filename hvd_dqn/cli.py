@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return doctor(args.expect_world_size)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except (FileExistsError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
         return _fail(str(exc))
     return EXIT_USAGE
 

@@ -435,7 +435,7 @@ def run_collectively(fn: Callable[[], T], what: str) -> T:
 
 
 # Exceptions that mean bad input (exit 2): by name, so this module needs no other import.
-_USAGE_ERRORS = {"ConfigError", "CheckpointError", "FileExistsError"}
+_USAGE_ERRORS = {"ConfigError", "CheckpointError"}
 
 
 def vote(flags: Sequence[int]) -> list[int]:

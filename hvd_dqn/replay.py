@@ -55,8 +55,13 @@ class SumTree:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.capacity = 1 << max(0, (size - 1).bit_length())
+        self.capacity = self.leaves_for(size)
         self.nodes = np.zeros(2 * self.capacity, dtype=np.float64)  # root at 1
+
+    @staticmethod
+    def leaves_for(size: int) -> int:
+        """The tree's leaf count for `size` priorities: the next power of two."""
+        return 1 << max(0, (size - 1).bit_length())
 
     @property
     def total(self) -> float:
@@ -84,6 +89,28 @@ class SumTree:
             u -= np.where(go_right, self.nodes[left], 0.0)
             node = left + go_right
         return node - self.capacity
+
+
+def replay_bytes(
+    capacity: int,
+    num_envs: int,
+    obs_shape: tuple[int, ...],
+    obs_dtype: np.dtype | type,
+    stack: int = 1,
+    prioritized: bool = False,
+) -> int:
+    """What `Replay(capacity, num_envs, obs_shape, obs_dtype, stack=stack,
+    prioritized=prioritized)` allocates, in bytes, before allocating it.
+
+    Per slot: the newest frame, the action (int32), the reward (float32), three flags
+    (bool) and the episode step (int32); prioritized: the sum tree's 2 x 2^ceil(log2 n)
+    float64 nodes over its n = slots leaves.
+    """
+    slots = (capacity // num_envs) * num_envs
+    frame_shape = obs_shape[1:] if stack > 1 else obs_shape
+    frame = int(np.prod(frame_shape)) * np.dtype(obs_dtype).itemsize
+    tree = 2 * SumTree.leaves_for(slots) * 8 if prioritized else 0
+    return slots * (frame + 4 + 4 + 3 + 4) + tree
 
 
 class Replay:

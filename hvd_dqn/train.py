@@ -50,7 +50,7 @@ from hvd_dqn.evaluate import evaluate, export_policy
 from hvd_dqn.interrupts import EXIT_PREEMPTED, Interrupts
 from hvd_dqn.learner import ExportedPolicy, Learner
 from hvd_dqn.metrics import RunLog, atomic_write
-from hvd_dqn.replay import Replay
+from hvd_dqn.replay import Replay, replay_bytes
 
 
 class TrainingError(RuntimeError):
@@ -129,15 +129,10 @@ def drop_rows_after(metrics: Path, step: int) -> None:
     atomic_write(metrics, "".join(line + "\n" for line in kept))
 
 
-def check_replay_fits(
-    capacity: int, obs_shape: tuple, obs_dtype: np.dtype, stack: int, ranks_here: int
-) -> int:
-    """The replay's bytes per rank; ConfigError before allocation when this host's
-    ranks together would need more than 80 % of its available memory."""
-    frame = int(np.prod(obs_shape[1:] if stack > 1 else obs_shape)) * np.dtype(obs_dtype).itemsize
-    # per slot: the frame, action (int32), reward (float32), three flags, episode step
-    # (int32); the sum tree: two float64 per leaf
-    need = capacity * (frame + 4 + 4 + 3 + 4) + 2 * 8 * capacity
+def check_replay_fits(need: int, capacity: int, ranks_here: int) -> int:
+    """`need`, the replay's bytes per rank (replay.replay_bytes); ConfigError before
+    allocation when this host's ranks together would need more than 80 % of its
+    available memory."""
     free = _available_memory()
     if free and need * ranks_here > _USE_MEMORY * free:
         raise ConfigError(
@@ -175,9 +170,18 @@ def _build_state(cfg: Config, world: World, collective: bool) -> tuple[TrainStat
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
     obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
-    replay_bytes = run(
+    replay_size = run(
         lambda: check_replay_fits(
-            cfg.replay.capacity, obs_shape, obs_dtype, frame_stack(cfg.env), world.local_size
+            replay_bytes(
+                cfg.replay.capacity,
+                E,
+                obs_shape,
+                obs_dtype,
+                frame_stack(cfg.env),
+                cfg.replay.prioritized,
+            ),
+            cfg.replay.capacity,
+            world.local_size,
         ),
         "sizing the replay",
     )
@@ -221,7 +225,7 @@ def _build_state(cfg: Config, world: World, collective: bool) -> tuple[TrainStat
         ep_length=np.zeros(E, dtype=np.int64),
         prev_ended=np.zeros(E, dtype=bool),
     )
-    return state, replay_bytes
+    return state, replay_size
 
 
 def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
@@ -241,12 +245,12 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             if cfg.run.elastic
             else "started by an elastic horovodrun: add --elastic (run.elastic: true)"
         )
-    state, replay_bytes = _build_state(cfg, world, collective=not cfg.run.elastic)
+    state, replay_size = _build_state(cfg, world, collective=not cfg.run.elastic)
     learner, replay = state.learner, state.replay
     E, p = cfg.env.num_envs, world.size
     num_actions = learner.online.num_actions
     save_replay = cfg.run.save_replay == "always" or (
-        cfg.run.save_replay == "auto" and replay_bytes <= REPLAY_SAVE_BUDGET
+        cfg.run.save_replay == "auto" and replay_size <= REPLAY_SAVE_BUDGET
     )
     log: RunLog | None = None
     plan = ""

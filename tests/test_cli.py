@@ -23,6 +23,11 @@ from conftest import hvd_dqn
             2,
             "config field env.id='Pendulum-v1': action space",
         ),
+        (  # 100M Atari frames: 706 GB, refused before anything is allocated
+            ["train", "--config", "atari", "--set", "replay.capacity=100000000"],
+            2,
+            "config field replay.capacity=100000000: the replay needs 658.",
+        ),
         (["evaluate", "/nonexistent"], 2, "/nonexistent: not an exported policy"),
         (["evaluate", ".", "--episodes", "0"], 2, "--episodes 0: must be >= 1"),
     ],

@@ -8,7 +8,7 @@ import pytest
 
 from hvd_dqn.config import EnvConfig
 from hvd_dqn.envs import lives_lost, make_vector_env
-from hvd_dqn.replay import Batch, Replay, SumTree
+from hvd_dqn.replay import Batch, Replay, SumTree, replay_bytes
 
 # -- sum-tree ------------------------------------------------------------------------------
 
@@ -230,6 +230,22 @@ def test_a_lost_life_cuts_the_return_but_not_the_episode() -> None:
         keep = ~replay.is_final[times, e]
         stacks = replay._stacked(times[keep], np.full(keep.sum(), e))
         np.testing.assert_array_equal(stacks, np.stack([seen[t][e] for t in times[keep]]))
+
+
+@pytest.mark.parametrize(
+    ("capacity", "envs", "shape", "dtype", "stack", "prioritized"),
+    [
+        (1000, 8, (4,), np.float32, 1, False),
+        (1000, 8, (4,), np.float32, 1, True),  # a sum tree of 1024 leaves
+        (3001, 7, (10, 10, 4), bool, 1, True),  # capacity not a multiple of the envs
+        (600, 2, (4, 84, 84), np.uint8, 4, False),  # one frame per slot
+    ],
+)
+def test_the_memory_check_counts_what_the_replay_allocates(
+    capacity: int, envs: int, shape: tuple, dtype: type, stack: int, prioritized: bool
+) -> None:
+    need = replay_bytes(capacity, envs, shape, dtype, stack, prioritized)
+    assert need == Replay(capacity, envs, shape, dtype, stack=stack, prioritized=prioritized).nbytes
 
 
 def test_atari_buffer_memory_is_one_frame_per_transition() -> None:
