@@ -2,7 +2,7 @@
 
     hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
     hvd-dqn train --resume RUN_DIR [--total-steps N]    (explicit form of continuing)
-    hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E]
+    hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E] [--video F.gif|.mp4]
     hvd-dqn bench {act,update,scaling,solve,faults} [--json FILE]
     hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
     hvd-dqn doctor
@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=20)
     ev.add_argument("--env", help="evaluate on another gymnasium id")
     ev.add_argument("--eps", type=float, default=0.0, help="evaluation epsilon (default 0)")
+    ev.add_argument("--video", help="also record greedy episodes to this .gif or .mp4")
+    ev.add_argument(
+        "--video-episodes", type=int, default=1, help="episodes in the video (default 1)"
+    )
 
     bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
     bench.add_argument(
@@ -142,9 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail(f"--episodes {args.episodes}: must be >= 1", EXIT_USAGE)
             if not 0.0 <= args.eps <= 1.0:
                 return _fail(f"--eps {args.eps}: must be in [0, 1]", EXIT_USAGE)
+            if args.video_episodes < 1:
+                return _fail(f"--video-episodes {args.video_episodes}: must be >= 1", EXIT_USAGE)
             from hvd_dqn.evaluate import evaluate_command
 
-            return evaluate_command(args.target, args.episodes, args.env, args.eps)
+            return evaluate_command(
+                args.target, args.episodes, args.env, args.eps, args.video, args.video_episodes
+            )
         if args.command == "bench":
             return _bench(args)
         if args.command == "plot":

@@ -77,7 +77,7 @@ def _register(env_id: str) -> str:
     return env_id
 
 
-def _atari_env(cfg: EnvConfig) -> gym.Env:
+def _atari_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     """One Atari env with the Nature-DQN preprocessing (Mnih et al. 2015; Machado 2018).
 
     ALE steps every frame (frameskip=1) so AtariPreprocessing can repeat each action
@@ -91,6 +91,7 @@ def _atari_env(cfg: EnvConfig) -> gym.Env:
         frameskip=1,
         repeat_action_probability=cfg.sticky_actions,
         full_action_space=False,
+        render_mode=render_mode,
     )
     env = gym.wrappers.AtariPreprocessing(
         env,
@@ -106,23 +107,26 @@ def _atari_env(cfg: EnvConfig) -> gym.Env:
     return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
 
 
-def make_vector_env(cfg: EnvConfig, num_envs: int, native: bool = True) -> gym.vector.VectorEnv:
+def make_vector_env(
+    cfg: EnvConfig, num_envs: int, native: bool = True, render_mode: str | None = None
+) -> gym.vector.VectorEnv:
     """`num_envs` copies of cfg.id as one vector env; refuses non-DQN spaces.
 
     native: use gymnasium's vectorized implementation where the env has one (one
     generator for all envs); False steps separate envs, each with its own seed.
+    render_mode: gymnasium's (e.g. "rgb_array" for `envs.render()` frames).
     """
     env_id = _register(cfg.id)
     if env_id not in gym.registry:
         raise ConfigError(f"config field env.id={cfg.id!r}: not a registered gymnasium id")
     spec = gym.registry[env_id]
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if render_mode is None else {"render_mode": render_mode}
     if cfg.max_episode_steps:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if is_atari(cfg.id):
 
         def make_one() -> gym.Env:
-            return _atari_env(cfg)
+            return _atari_env(cfg, render_mode)
 
         envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([make_one] * num_envs)
     elif native and spec.vector_entry_point is not None:

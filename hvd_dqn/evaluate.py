@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_dqn.config import ConfigError, EnvConfig
-from hvd_dqn.envs import make_vector_env, run_episodes
+from hvd_dqn.dqn import epsilon_greedy
+from hvd_dqn.envs import make_vector_env, reset, run_episodes
 
 POLICY_FILE = "policy.json"
 
@@ -64,6 +66,93 @@ def evaluate(
     stats = summarize(returns)
     stats["length_mean"] = float(np.mean([length for _, (_, length) in ordered]))
     return stats
+
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+MIN_VIDEO_SIDE = 240  # small frames (MinAtar's 10x10) are scaled up to at least this
+
+
+def record_video(
+    act: Callable[[np.ndarray], Any],
+    env: EnvConfig,
+    episodes: int,
+    path: Path,
+    eps: float = 0.0,
+    fps: int = 25,
+) -> list[tuple[float, int]]:
+    """Greedy episodes 0 .. episodes-1 (the seeds `evaluate` uses) one after another as
+    a GIF (Pillow) or an MP4 (OpenCV) at `path`; returns (raw return, length) of each.
+    One frame per agent step plus the first; fps 25 (a GIF counts time in 10 ms).
+
+    Frames come from gymnasium's rgb_array rendering of the unprocessed game (Atari's
+    210x160 screen, MinAtar's 10x10 grid scaled up by an integer factor). An env that
+    cannot render is a ConfigError; the file appears only once it is complete.
+    """
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"--video {path}: the file must end in .gif or .mp4")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--video {path}: no directory {path.parent}")
+    frames: list[np.ndarray] = []
+    results = []
+    rng = np.random.default_rng([episodes, 0, 8])
+    for i in range(episodes):
+        envs = make_vector_env(env, 1, native=False, render_mode="rgb_array")
+        try:
+            obs = reset(envs, [eval_seed(i)])
+            num_actions = int(envs.single_action_space.n)  # type: ignore[attr-defined]
+            total, length, done = 0.0, 0, False
+            while True:
+                with warnings.catch_warnings():  # gymnasium's checker on MinAtar's floats
+                    warnings.simplefilter("ignore", UserWarning)
+                    frames.append(_frame(envs, env.id))
+                if done:
+                    break
+                action = epsilon_greedy(np.asarray(act(obs)), num_actions, eps, rng)
+                obs, reward, terminated, truncated, _ = envs.step(action)
+                total, length = total + float(reward[0]), length + 1
+                done = bool(terminated[0] or truncated[0])
+            results.append((total, length))
+        finally:
+            envs.close()
+    _write_video(frames, path, fps)
+    return results
+
+
+def _frame(envs: Any, env_id: str) -> np.ndarray:
+    """The vector env's one frame as uint8 RGB, at least MIN_VIDEO_SIDE pixels a side."""
+    try:
+        rendered = envs.render()
+    except Exception as exc:  # gymnasium's DependencyNotInstalled, a render error
+        raise ConfigError(f"--video: {env_id} cannot render frames ({exc})") from None
+    frame = np.asarray(rendered[0] if isinstance(rendered, (tuple, list)) else rendered)
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ConfigError(f"--video: {env_id} renders no RGB frames (got shape {frame.shape})")
+    if frame.dtype != np.uint8:  # MinAtar: floats in [0, 1]
+        frame = (np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8)
+    scale = max(1, math.ceil(MIN_VIDEO_SIDE / min(frame.shape[:2])))
+    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _write_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    tmp = path.with_name(path.name + ".partial" + path.suffix)
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(
+            tmp, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+        )
+    else:
+        import cv2
+
+        h, w = frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+        if not writer.isOpened():
+            raise ConfigError(f"--video {path}: OpenCV cannot write MP4 here")
+        for f in frames:
+            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        writer.release()
+    tmp.rename(path)
 
 
 def export_policy(module: tf.Module, env: EnvConfig, path: Path) -> None:
@@ -107,8 +196,16 @@ def load_policy(
     return act, env, shape
 
 
-def evaluate_command(target: str, episodes: int, env_id: str | None, eps: float) -> int:
-    """`hvd-dqn evaluate`: print mean, std, min, max of raw returns; 0 on success."""
+def evaluate_command(
+    target: str,
+    episodes: int,
+    env_id: str | None,
+    eps: float,
+    video: str | None = None,
+    video_episodes: int = 1,
+) -> int:
+    """`hvd-dqn evaluate`: print mean, std, min, max of raw returns; 0 on success.
+    video: also record the first `video_episodes` episodes to that GIF or MP4."""
     act, env, takes = load_policy(Path(target))
     if env_id:
         env = replace(env, id=env_id)
@@ -120,6 +217,13 @@ def evaluate_command(target: str, episodes: int, env_id: str | None, eps: float)
                 f"--env {env_id}: its observations have shape {shape}, the policy in "
                 f"{target} takes {takes}"
             )
+    if video:
+        recorded = record_video(act, env, video_episodes, Path(video), eps)
+        frames = sum(length + 1 for _, length in recorded)
+        print(
+            f"{video}: {len(recorded)} episode(s), returns "
+            f"{', '.join(f'{r:.1f}' for r, _ in recorded)}, {frames} frames"
+        )
     stats = evaluate(act, env, episodes, eps)
     print(
         f"{env.id}: {episodes} episodes, epsilon {eps}: "

@@ -113,8 +113,46 @@ def test_two_ranks_train_end_to_end(
     summary = _check_run_dir(run, steps)
     assert summary["world_size"] == 2 and summary["updates"] > 0
     assert "[1,1]<stdout>" not in proc.stdout  # rank 1 is silent
-    proc = hvd_dqn(["evaluate", str(run / "model"), "--episodes", "1"])
+    video = tmp_path / VIDEOS[config]
+    proc = hvd_dqn(["evaluate", str(run / "model"), "--episodes", "1", "--video", str(video)])
+    if config == "cartpole":  # classic control renders with pygame, not installed
+        assert proc.returncode == 2 and "CartPole-v1 cannot render frames" in proc.stderr
+        assert not list(tmp_path.glob("*.gif*")), "nothing half-written"
+        return
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The clip is evaluation episode 0: its length (plus the reset frame) in frames.
+    length = int(json.loads(proc.stdout.splitlines()[-1])["length_mean"])
+    frames, (height, width) = _video_frames(video)
+    assert frames == length + 1
+    assert min(height, width) >= 240  # MinAtar's 10x10 grid scaled up
+
+
+VIDEOS = {"cartpole": "cartpole.gif", "minatar": "breakout.gif", "atari": "pong.mp4"}
+
+
+def _video_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    """Frame count and (height, width) of a GIF or MP4, read back from the file."""
+    if path.suffix == ".gif":
+        from PIL import Image
+
+        # Pillow merges identical consecutive frames into one of their summed duration.
+        with Image.open(path) as gif:
+            total = 0
+            for i in range(gif.n_frames):
+                gif.seek(i)
+                total += gif.info["duration"]
+            return total // 40, (gif.height, gif.width)  # 25 fps
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count, shape = count + 1, frame.shape[:2]
+    cap.release()
+    return count, shape
 
 
 def test_stop_at_return_ends_the_run_at_the_first_good_evaluation(tmp_path: Path) -> None:
