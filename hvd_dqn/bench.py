@@ -406,6 +406,82 @@ def bench_solve(
     return result
 
 
+def bench_efficiency(
+    json_path: str | None,
+    ranks: Sequence[int] = (1, 2, 4),
+    rules: Sequence[str] = ("none", "linear", "sqrt"),
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    config: str = "cartpole",
+    total_steps: int = 30_000,
+    evals: int = 5,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Sample efficiency as ranks grow: the greedy return at equal total env steps.
+
+    Every run takes `total_steps` env steps of all ranks together with the same per-rank
+    batch, so p ranks make 1/p as many updates of p times the batch; learner.lr_scaling
+    sets their step size (at one rank every rule is the same run). Each run evaluates
+    `evals` times (eval_episodes greedy episodes each); reported per (ranks, rule), over
+    the seeds: the mean final evaluation and the mean of all evaluations (the area
+    under the learning curve, which also rewards learning early). More ranks than cores
+    oversubscribe the machine: this measures samples, not speed.
+    """
+    every = total_steps // evals
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in ranks:
+            for rule in rules if p > 1 else rules[:1]:
+                for seed in seeds:
+                    run = Path(tmp) / f"np{p}-{rule}-seed{seed}"
+                    _train_run(
+                        p,
+                        run,
+                        [
+                            "--config", config, "--seed", str(seed),
+                            "--total-steps", str(total_steps),
+                            f"--set=learner.lr_scaling={rule}",
+                            "--set=run.stop_at_return=none",
+                            f"--set=run.eval_every={every}",
+                            f"--set=run.log_every={every}",
+                            *extra,
+                        ],
+                    )  # fmt: skip
+                    lines = (run / "metrics.jsonl").read_text().splitlines()
+                    curve = [
+                        (row["env_steps"], row["return_mean"])
+                        for row in map(json.loads, lines)
+                        if row["kind"] == "eval"
+                    ]
+                    runs.append({"ranks": p, "rule": rule, "seed": seed, "evals": curve})
+    rows = []
+    for p in ranks:
+        for rule in rules if p > 1 else rules[:1]:
+            mine = [r for r in runs if r["ranks"] == p and r["rule"] == rule]
+            finals = [r["evals"][-1][1] for r in mine]
+            areas = [float(np.mean([v for _, v in r["evals"]])) for r in mine]
+            rows.append(
+                {
+                    "ranks": p,
+                    "rule": rule if p > 1 else "(any)",
+                    "seeds": len(mine),
+                    "final_mean": float(np.mean(finals)),
+                    "final_min": float(np.min(finals)),
+                    "curve_mean": float(np.mean(areas)),
+                }
+            )
+    print(_table(rows, ["ranks", "rule", "seeds", "final_mean", "final_min", "curve_mean"]))
+    result = {
+        "bench": "efficiency",
+        "config": config,
+        "total_steps": total_steps,
+        "extra": list(extra),
+        "rows": rows,
+        "runs": runs,
+    }
+    _write(json_path, result)
+    return result
+
+
 # ---------------------------------------------------------------------------------------
 # faults: signals, deaths and stalls under each launcher, time until every rank is gone
 # ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
     hvd-dqn train [--config PRESET_OR_YAML] [--set section.field=value ...] [flags]
     hvd-dqn train --resume RUN_DIR [--total-steps N]    (explicit form of continuing)
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E] [--video F.gif|.mp4]
-    hvd-dqn bench {act,update,scaling,solve,faults} [--json FILE]
+    hvd-dqn bench {act,update,scaling,solve,efficiency,faults} [--json FILE]
     hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
     hvd-dqn doctor
 
@@ -105,13 +105,25 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
     bench.add_argument(
-        "which", choices=("act", "update", "scaling", "solve", "faults", "update-worker")
+        "which",
+        choices=("act", "update", "scaling", "solve", "efficiency", "faults", "update-worker"),
     )
     bench.add_argument("--json", help="write the results to this file")
     bench.add_argument("--np", type=int, default=2, help="ranks for multi-rank runs (2)")
-    bench.add_argument("--seeds", default="0,1,2", help="solve: comma-separated seeds")
     bench.add_argument(
-        "--config", default="cartpole", help="solve, scaling: preset or YAML (cartpole)"
+        "--seeds", help="solve, efficiency: comma-separated seeds (0,1,2; 0-4 for efficiency)"
+    )
+    bench.add_argument(
+        "--config",
+        default="cartpole",
+        help="solve, scaling, efficiency: preset or YAML (cartpole)",
+    )
+    bench.add_argument("--ranks", default="1,2,4", help="efficiency: world sizes (1,2,4)")
+    bench.add_argument(
+        "--rules", default="none,linear,sqrt", help="efficiency: learner.lr_scaling rules"
+    )
+    bench.add_argument(
+        "--total-steps", type=int, default=30_000, help="efficiency: env steps of every run"
     )
     bench.add_argument("--keep", metavar="DIR", help="solve: keep the runs in DIR/seed<N>")
     bench.add_argument(
@@ -120,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SECTION.FIELD=VALUE",
-        help="solve: config overrides",
+        help="solve, efficiency: config overrides",
     )
 
     plot = sub.add_parser("plot", help="learning curves of runs; --scaling for a bench JSON")
@@ -191,14 +203,34 @@ def _bench(args: argparse.Namespace) -> int:
         load(args.config, [])  # refuse a bad config before any run starts
         bench.bench_scaling(args.json, ranks=sorted({1, args.np}), config=args.config)
     else:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            return _fail(f"--seeds {args.seeds!r}: expected comma-separated integers", EXIT_USAGE)
+        default_seeds = "0,1,2,3,4" if args.which == "efficiency" else "0,1,2"
+        seeds = _ints("--seeds", args.seeds or default_seeds)
+        ranks = _ints("--ranks", args.ranks, lo=1)
         load(args.config, args.overrides)  # refuse a bad config before any run starts
         extra = [f"--set={o}" for o in args.overrides]
-        bench.bench_solve(args.json, seeds, args.np, args.config, extra, args.keep)
+        if args.which == "solve":
+            bench.bench_solve(args.json, seeds, args.np, args.config, extra, args.keep)
+            return 0
+        rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+        for rule in rules:  # each one a valid learner.lr_scaling
+            load(args.config, [*args.overrides, f"learner.lr_scaling={rule}"])
+        if args.total_steps < 1000:
+            return _fail(f"--total-steps {args.total_steps}: must be >= 1000", EXIT_USAGE)
+        bench.bench_efficiency(
+            args.json, ranks, rules, seeds, args.config, args.total_steps, extra=extra
+        )
     return 0
+
+
+def _ints(flag: str, text: str, lo: int = 0) -> list[int]:
+    """Comma-separated integers >= lo; ConfigError (one line, exit 2) otherwise."""
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < lo:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers >= {lo}")
+    return values
 
 
 def _train(args: argparse.Namespace) -> int:

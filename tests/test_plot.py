@@ -37,5 +37,11 @@ def test_plot_and_bench_refuse_bad_input(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--seeds 'a,b': expected comma-separated integers" in (
         proc.stderr
     )
+    proc = hvd_dqn(["bench", "efficiency", "--ranks", "0,2"])
+    assert proc.returncode == 2 and "--ranks '0,2': expected comma-separated integers >= 1" in (
+        proc.stderr
+    )
+    proc = hvd_dqn(["bench", "efficiency", "--rules", "none,cubic"])
+    assert proc.returncode == 2 and "learner.lr_scaling" in proc.stderr
     proc = hvd_dqn(["bench", "solve", "--set", "learner.lr=0"])
     assert proc.returncode == 2 and "learner.lr=0.0: must be in (0.0, 1.0]" in proc.stderr
