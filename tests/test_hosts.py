@@ -186,7 +186,7 @@ def test_a_run_trains_across_two_hosts_over_the_veth(
         run = tmp_path / "run"
         cmd = [
             *launch_command(launcher, tmp_path), str(BIN / "hvd-dqn"), "train", "--run-dir", str(run), "--total-steps", "4000",
-            "--no-progress", "--set", "run.eval_episodes=2",
+            "--no-progress", "--set", "run.eval_episodes=2", "--set", "run.stop_at_return=none",
         ]  # fmt: skip
         proc = hosts.popen(0, cmd)
         out, _ = proc.communicate(timeout=300)
@@ -196,7 +196,7 @@ def test_a_run_trains_across_two_hosts_over_the_veth(
         logs = [stop(p) for p in sshds]
     assert f"2 rank(s) on 2 host(s) ({NAMES[0]}, {NAMES[1]})" in out, (out[-2000:], logs)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["env_steps"] >= 4000
+    assert summary["env_steps"] == 4000
     assert sorted(p.name for p in (run / "checkpoints").glob("*/rank-*.npz"))[-2:] == [
         "rank-0.npz",
         "rank-1.npz",
@@ -223,7 +223,10 @@ def test_aws_batch_entrypoint_runs_a_two_node_job(hosts: Hosts, tmp_path: Path) 
         "HOSTFILE": str(tmp_path / "hostfile"),
         "NODE_WAIT": "60",
     }
-    args = ["--total-steps", "3000", "--no-progress", "--set", "run.eval_episodes=2"]
+    args = [
+        "--total-steps", "3000", "--no-progress", "--set", "run.eval_episodes=2",
+        "--set", "run.stop_at_return=none",  # the full budget, even if CartPole is solved early
+    ]  # fmt: skip
     main = hosts.popen(
         0, ["bash", entry, *args], AWS_BATCH_JOB_NODE_INDEX="0",
         SSHD_CONFIG=str(hosts.sshd_config(0)), **batch,

@@ -142,9 +142,11 @@ def test_a_stalled_rank_ends_the_job_after_the_stall_timeout(tmp_path: Path) -> 
     finally:
         kill_all(str(run))
     assert proc.returncode != 0
-    # The survivor's last sign of progress came up to a few seconds before the SIGSTOP
-    # (7.4 s was measured once, with the first update being compiled).
-    assert 5 <= took < 10 + 10, f"the job ended {took:.1f} s after the stall"
+    # The timeout counts from the survivor's last sign of progress, which can come
+    # seconds before the SIGSTOP (it may already be waiting on the slower rank: the job
+    # ended 4.8 s and 7.4 s after the SIGSTOP in two runs), so only the upper bound is
+    # tight; the message says which limit ended it.
+    assert took < 10 + 10, f"the job ended {took:.1f} s after the stall"
     assert "rank 0: no progress for" in err and "run.stall_timeout=10" in err
     assert checkpoints(run) == []  # nothing saved from a job that could not vote
 
