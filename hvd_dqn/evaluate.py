@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,9 @@ def record_video(
     One frame per agent step plus the first; fps 25 (a GIF counts time in 10 ms).
 
     Frames come from gymnasium's rgb_array rendering of the unprocessed game (Atari's
-    210x160 screen, MinAtar's 10x10 grid scaled up by an integer factor). An env that
-    cannot render is a ConfigError; the file appears only once it is complete.
+    210x160 screen, MinAtar's 10x10 grid scaled up by an integer factor), held unscaled
+    in memory until written (an Atari frame is 100 kB). An env that cannot render is a
+    ConfigError; the file appears only once it is complete.
     """
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"--video {path}: the file must end in .gif or .mp4")
@@ -129,30 +130,42 @@ def _frame(envs: Any, env_id: str) -> np.ndarray:
         raise ConfigError(f"--video: {env_id} renders no RGB frames (got shape {frame.shape})")
     if frame.dtype != np.uint8:  # MinAtar: floats in [0, 1]
         frame = (np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8)
-    scale = max(1, math.ceil(MIN_VIDEO_SIDE / min(frame.shape[:2])))
-    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
+    return frame
+
+
+def _scaled(frames: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Each frame scaled up by the integer factor that brings its short side to at
+    least MIN_VIDEO_SIDE (nearest neighbour: MinAtar's cells stay sharp squares)."""
+    for frame in frames:
+        scale = max(1, math.ceil(MIN_VIDEO_SIDE / min(frame.shape[:2])))
+        yield frame.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    """Frames (unscaled, kept small in memory) to `path`, through a partial file."""
     tmp = path.with_name(path.name + ".partial" + path.suffix)
-    if path.suffix.lower() == ".gif":
-        from PIL import Image
+    try:
+        if path.suffix.lower() == ".gif":
+            from PIL import Image
 
-        images = [Image.fromarray(f) for f in frames]
-        images[0].save(
-            tmp, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
-        )
-    else:
-        import cv2
+            images = (Image.fromarray(f) for f in _scaled(frames))
+            next(images).save(
+                tmp, save_all=True, append_images=images, duration=round(1000 / fps), loop=0
+            )
+        else:
+            import cv2
 
-        h, w = frames[0].shape[:2]
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-        if not writer.isOpened():
-            raise ConfigError(f"--video {path}: OpenCV cannot write MP4 here")
-        for f in frames:
-            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-        writer.release()
-    tmp.rename(path)
+            first = next(_scaled(frames[:1]))
+            size = (first.shape[1], first.shape[0])
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+            if not writer.isOpened():
+                raise ConfigError(f"--video {path}: OpenCV cannot write MP4 here")
+            for f in _scaled(frames):
+                writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+            writer.release()
+        tmp.rename(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_policy(module: tf.Module, env: EnvConfig, path: Path) -> None:
