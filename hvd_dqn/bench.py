@@ -427,48 +427,47 @@ def bench_efficiency(
     oversubscribe the machine: this measures samples, not speed.
     """
     every = total_steps // evals
+    cases = [(p, rule) for p in ranks for rule in (rules if p > 1 else rules[:1])]
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for p in ranks:
-            for rule in rules if p > 1 else rules[:1]:
-                for seed in seeds:
-                    run = Path(tmp) / f"np{p}-{rule}-seed{seed}"
-                    _train_run(
-                        p,
-                        run,
-                        [
-                            "--config", config, "--seed", str(seed),
-                            "--total-steps", str(total_steps),
-                            f"--set=learner.lr_scaling={rule}",
-                            "--set=run.stop_at_return=none",
-                            f"--set=run.eval_every={every}",
-                            f"--set=run.log_every={every}",
-                            *extra,
-                        ],
-                    )  # fmt: skip
-                    lines = (run / "metrics.jsonl").read_text().splitlines()
-                    curve = [
-                        (row["env_steps"], row["return_mean"])
-                        for row in map(json.loads, lines)
-                        if row["kind"] == "eval"
-                    ]
-                    runs.append({"ranks": p, "rule": rule, "seed": seed, "evals": curve})
+        for p, rule in cases:
+            for seed in seeds:
+                run = Path(tmp) / f"np{p}-{rule}-seed{seed}"
+                _train_run(
+                    p,
+                    run,
+                    [
+                        "--config", config, "--seed", str(seed),
+                        "--total-steps", str(total_steps),
+                        f"--set=learner.lr_scaling={rule}",
+                        "--set=run.stop_at_return=none",
+                        f"--set=run.eval_every={every}",
+                        f"--set=run.log_every={every}",
+                        *extra,
+                    ],
+                )  # fmt: skip
+                lines = (run / "metrics.jsonl").read_text().splitlines()
+                curve = [
+                    (row["env_steps"], row["return_mean"])
+                    for row in map(json.loads, lines)
+                    if row["kind"] == "eval"
+                ]
+                runs.append({"ranks": p, "rule": rule, "seed": seed, "evals": curve})
     rows = []
-    for p in ranks:
-        for rule in rules if p > 1 else rules[:1]:
-            mine = [r for r in runs if r["ranks"] == p and r["rule"] == rule]
-            finals = [r["evals"][-1][1] for r in mine]
-            areas = [float(np.mean([v for _, v in r["evals"]])) for r in mine]
-            rows.append(
-                {
-                    "ranks": p,
-                    "rule": rule if p > 1 else "(any)",
-                    "seeds": len(mine),
-                    "final_mean": float(np.mean(finals)),
-                    "final_min": float(np.min(finals)),
-                    "curve_mean": float(np.mean(areas)),
-                }
-            )
+    for p, rule in cases:
+        mine = [r for r in runs if r["ranks"] == p and r["rule"] == rule]
+        finals = [r["evals"][-1][1] for r in mine]
+        areas = [float(np.mean([v for _, v in r["evals"]])) for r in mine]
+        rows.append(
+            {
+                "ranks": p,
+                "rule": rule if p > 1 else "(any)",
+                "seeds": len(mine),
+                "final_mean": float(np.mean(finals)),
+                "final_min": float(np.min(finals)),
+                "curve_mean": float(np.mean(areas)),
+            }
+        )
     print(_table(rows, ["ranks", "rule", "seeds", "final_mean", "final_min", "curve_mean"]))
     result = {
         "bench": "efficiency",

@@ -211,29 +211,42 @@ def lives_lost(
 
 
 def run_episodes(
-    cfg: EnvConfig, seeds: Sequence[int], act: Any, eps: float, rng: np.random.Generator
+    cfg: EnvConfig,
+    seeds: Sequence[int],
+    act: Any,
+    eps: float,
+    rng: np.random.Generator,
+    on_frame: Any = None,
 ) -> list[tuple[float, int]]:
     """One episode per seed, all at once in one vector env; (raw return, length) each.
 
     `act(obs) -> actions` is called once per step for every env together; with
     probability eps an env takes a random action instead (evaluation epsilon).
+    on_frame: the env renders rgb_array frames and `on_frame(envs)` is called after the
+    reset and after every step up to the last one of the episodes (for one seed: the
+    episode's length + 1 frames).
     """
     if not seeds:
         return []
-    envs = make_vector_env(cfg, len(seeds), native=False)  # episode i: seed i
+    render_mode = None if on_frame is None else "rgb_array"
+    envs = make_vector_env(cfg, len(seeds), native=False, render_mode=render_mode)
     try:
-        obs = reset(envs, seeds)
+        obs = reset(envs, seeds)  # episode i: seed i
         n = len(seeds)
         returns = np.zeros(n)
         lengths = np.zeros(n, dtype=np.int64)
         running = np.ones(n, dtype=bool)
         num_actions = int(envs.single_action_space.n)  # type: ignore[attr-defined]
+        if on_frame is not None:
+            on_frame(envs)
         while running.any():
             actions = epsilon_greedy(np.asarray(act(obs)), num_actions, eps, rng)
             obs, rewards, terminated, truncated, _ = envs.step(actions)
             returns += np.where(running, rewards, 0.0)
             lengths += running
             running &= ~(terminated | truncated)
+            if on_frame is not None:
+                on_frame(envs)
         return list(zip(returns.tolist(), lengths.tolist(), strict=True))
     finally:
         envs.close()

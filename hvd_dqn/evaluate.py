@@ -24,8 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_dqn.config import ConfigError, EnvConfig
-from hvd_dqn.dqn import epsilon_greedy
-from hvd_dqn.envs import make_vector_env, reset, run_episodes
+from hvd_dqn.envs import make_vector_env, run_episodes
 
 POLICY_FILE = "policy.json"
 
@@ -94,33 +93,22 @@ def record_video(
     if not path.parent.is_dir():
         raise ConfigError(f"--video {path}: no directory {path.parent}")
     frames: list[np.ndarray] = []
-    results = []
+
+    def on_frame(envs: Any) -> None:
+        with warnings.catch_warnings():  # gymnasium's checker on MinAtar's float frames
+            warnings.simplefilter("ignore", UserWarning)
+            frames.append(_frame(envs, env.id))
+
     rng = np.random.default_rng([episodes, 0, 8])
-    for i in range(episodes):
-        envs = make_vector_env(env, 1, native=False, render_mode="rgb_array")
-        try:
-            obs = reset(envs, [eval_seed(i)])
-            num_actions = int(envs.single_action_space.n)  # type: ignore[attr-defined]
-            total, length, done = 0.0, 0, False
-            while True:
-                with warnings.catch_warnings():  # gymnasium's checker on MinAtar's floats
-                    warnings.simplefilter("ignore", UserWarning)
-                    frames.append(_frame(envs, env.id))
-                if done:
-                    break
-                action = epsilon_greedy(np.asarray(act(obs)), num_actions, eps, rng)
-                obs, reward, terminated, truncated, _ = envs.step(action)
-                total, length = total + float(reward[0]), length + 1
-                done = bool(terminated[0] or truncated[0])
-            results.append((total, length))
-        finally:
-            envs.close()
+    results = [
+        run_episodes(env, [eval_seed(i)], act, eps, rng, on_frame)[0] for i in range(episodes)
+    ]
     _write_video(frames, path, fps)
     return results
 
 
 def _frame(envs: Any, env_id: str) -> np.ndarray:
-    """The vector env's one frame as uint8 RGB, at least MIN_VIDEO_SIDE pixels a side."""
+    """The vector env's one frame as uint8 RGB, unscaled."""
     try:
         rendered = envs.render()
     except Exception as exc:  # gymnasium's DependencyNotInstalled, a render error
