@@ -4,7 +4,7 @@
     hvd-dqn train --resume RUN_DIR [--total-steps N]    (explicit form of continuing)
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E] [--video F.gif|.mp4]
     hvd-dqn bench {act,update,scaling,solve,efficiency,faults} [--json FILE]
-    hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--out PNG]
+    hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--reference CURVES_JSON] [--out PNG]
     hvd-dqn doctor
 
 Start `train` under a launcher for data parallelism: `horovodrun -np 2 hvd-dqn train`,
@@ -139,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="*", help="run directories")
     plot.add_argument("--scaling", metavar="JSON", help="a `bench scaling` JSON to chart")
     plot.add_argument("--out", default="curves.png", help="PNG to write (curves.png)")
+    plot.add_argument(
+        "--reference",
+        metavar="JSON",
+        help="draw each run beside this published curve of its game, one panel per run "
+        "(docs/bench/minatar-paper-dqn.json: the MinAtar paper's DQN)",
+    )
 
     doctor = sub.add_parser("doctor", help="check the TensorFlow/Horovod/MPI stack")
     doctor.add_argument("--expect-world-size", type=int, metavar="N")
@@ -168,11 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         if args.command == "plot":
-            from hvd_dqn.plot import plot_runs, plot_scaling
+            from hvd_dqn.plot import plot_against_reference, plot_runs, plot_scaling
 
             if not args.runs and not args.scaling:
                 return _fail("plot: give run directories and/or --scaling JSON", EXIT_USAGE)
-            if args.runs:
+            if args.runs and args.reference:
+                plot_against_reference(args.runs, args.reference, args.out)
+            elif args.runs:
                 plot_runs(args.runs, args.out)
             if args.scaling:
                 plot_scaling(args.scaling, str(Path(args.out).with_suffix("")) + "-scaling.png")

@@ -11,15 +11,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from hvd_dqn.config import ConfigError
+from hvd_dqn.config import ConfigError, load
 
 
-def _evals(run: Path) -> list[dict]:
+def _rows(run: Path, kind: str) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         raise ConfigError(f"{run}: not a run directory (no metrics.jsonl)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["kind"] == "eval"]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def _evals(run: Path) -> list[dict]:
+    return _rows(run, "eval")
 
 
 def plot_runs(runs: Sequence[str], out: str) -> None:
@@ -64,6 +68,54 @@ def plot_scaling(bench_json: str, out: str) -> None:
         ylabel="aggregate env steps/s (training)",
         title="weak scaling (label: efficiency)",
     )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def _game(run: Path) -> str:
+    """The game of a run's env id: MinAtar/Breakout-v1 -> Breakout."""
+    if not (run / "config.yaml").exists():
+        raise ConfigError(f"{run}: not a run directory (no config.yaml)")
+    return load(str(run / "config.yaml")).env.id.split("/")[-1].split("-")[0]
+
+
+def plot_against_reference(runs: Sequence[str], reference_json: str, out: str) -> None:
+    """Each run's curves beside a published curve of the same game, one panel per run.
+
+    The reference JSON holds {"games": {GAME: {"frames": [...], "return": [...]}},
+    "measure": ...} (docs/bench/minatar-paper-dqn.json: the MinAtar paper's DQN). Drawn
+    per run: the greedy evaluations, and the mean return of the training episodes in each
+    metrics window (epsilon-greedy, the measure the MinAtar paper plots).
+    """
+    try:
+        games = json.loads(Path(reference_json).read_text())["games"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{reference_json}: not a reference curve JSON ({exc})") from None
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    for ax, run_name in zip(axes[0], runs, strict=True):
+        run = Path(run_name)
+        game = _game(run)
+        if game not in games:
+            raise ConfigError(f"{run}: {reference_json} has no curve for {game}")
+        ref = games[game]
+        ax.plot(
+            [f / 1e6 for f in ref["frames"]], ref["return"], color="tab:gray", lw=2,
+            label="MinAtar paper DQN (training episodes, 30 seeds)",
+        )  # fmt: skip
+        train = [r for r in _rows(run, "train") if r.get("episode_return") is not None]
+        ax.plot(
+            [r["env_steps"] / 1e6 for r in train], [r["episode_return"] for r in train],
+            color="tab:blue", alpha=0.45, lw=1, label="hvd_dqn, training episodes",
+        )  # fmt: skip
+        evals = _evals(run)
+        ax.plot(
+            [r["env_steps"] / 1e6 for r in evals], [r["return_mean"] for r in evals],
+            color="tab:blue", marker="o", ms=4, lw=2, label="hvd_dqn, greedy evaluation",
+        )  # fmt: skip
+        ax.set(title=game, xlabel="frames = env steps, all ranks (millions)", ylabel="return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")

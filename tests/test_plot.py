@@ -29,6 +29,19 @@ def test_plot_curves_and_scaling(tmp_path: Path) -> None:
     for png in (out, tmp_path / "curves-scaling.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
+    # --reference: the run beside a published curve of its game, found by its env id
+    reference = tmp_path / "paper.json"
+    reference.write_text(json.dumps({"games": {"Breakout": {"frames": [0], "return": [0.0]}}}))
+    beside = tmp_path / "beside.png"
+    proc = hvd_dqn(["plot", str(run), "--reference", str(reference), "--out", str(beside)])
+    assert proc.returncode == 2 and "has no curve for CartPole" in proc.stderr
+    assert not beside.exists()
+    games = {"CartPole": {"frames": [0, 1000, 1500], "return": [20.0, 100.0, 200.0]}}
+    reference.write_text(json.dumps({"games": games}))
+    proc = hvd_dqn(["plot", str(run), "--reference", str(reference), "--out", str(beside)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert beside.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and beside.stat().st_size > 10_000
+
 
 def test_plot_and_bench_refuse_bad_input(tmp_path: Path) -> None:
     proc = hvd_dqn(["plot", str(tmp_path)])
