@@ -84,13 +84,24 @@ def plot_against_reference(runs: Sequence[str], reference_json: str, out: str) -
     """Each run's curves beside a published curve of the same game, one panel per run.
 
     The reference JSON holds {"games": {GAME: {"frames": [...], "return": [...]}},
-    "measure": ...} (docs/bench/minatar-paper-dqn.json: the MinAtar paper's DQN). Drawn
+    "label": ...} (docs/bench/minatar-paper-dqn.json: the MinAtar paper's DQN). Drawn
     per run: the greedy evaluations, and the mean return of the training episodes in each
     metrics window (epsilon-greedy, the measure the MinAtar paper plots).
     """
     try:
-        games = json.loads(Path(reference_json).read_text())["games"]
-    except (OSError, ValueError, KeyError) as exc:
+        reference = json.loads(Path(reference_json).read_text())
+        games = {
+            g: list(zip(c["frames"], c["return"], strict=True))
+            for g, c in reference["games"].items()
+        }
+        label = reference.get("label", "published curve")
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as exc:  # ValueError: JSON, zip
         raise ConfigError(f"{reference_json}: not a reference curve JSON ({exc})") from None
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
     for ax, run_name in zip(axes[0], runs, strict=True):
@@ -98,17 +109,17 @@ def plot_against_reference(runs: Sequence[str], reference_json: str, out: str) -
         game = _game(run)
         if game not in games:
             raise ConfigError(f"{run}: {reference_json} has no curve for {game}")
-        ref = games[game]
-        ax.plot(
-            [f / 1e6 for f in ref["frames"]], ref["return"], color="tab:gray", lw=2,
-            label="MinAtar paper DQN (training episodes, 30 seeds)",
-        )  # fmt: skip
         train = [r for r in _rows(run, "train") if r.get("episode_return") is not None]
+        evals = _evals(run)
+        last = max((r["env_steps"] for r in evals + train), default=0) * 1.03
+        ref = [(f, v) for f, v in games[game] if f <= last]
+        ax.plot(
+            [f / 1e6 for f, _ in ref], [v for _, v in ref], color="tab:gray", lw=2, label=label
+        )  # the published curve up to the run's frames only
         ax.plot(
             [r["env_steps"] / 1e6 for r in train], [r["episode_return"] for r in train],
             color="tab:blue", alpha=0.45, lw=1, label="hvd_dqn, training episodes",
         )  # fmt: skip
-        evals = _evals(run)
         ax.plot(
             [r["env_steps"] / 1e6 for r in evals], [r["return_mean"] for r in evals],
             color="tab:blue", marker="o", ms=4, lw=2, label="hvd_dqn, greedy evaluation",
