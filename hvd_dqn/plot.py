@@ -95,13 +95,7 @@ def plot_against_reference(runs: Sequence[str], reference_json: str, out: str) -
             for g, c in reference["games"].items()
         }
         label = reference.get("label", "published curve")
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-    ) as exc:  # ValueError: JSON, zip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{reference_json}: not a reference curve JSON ({exc})") from None
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
     for ax, run_name in zip(axes[0], runs, strict=True):

@@ -31,8 +31,11 @@ def test_plot_curves_and_scaling(tmp_path: Path) -> None:
 
     # --reference: the run beside a published curve of its game, found by its env id
     reference = tmp_path / "paper.json"
-    reference.write_text(json.dumps({"games": {"Breakout": {"frames": [0], "return": [0.0]}}}))
     beside = tmp_path / "beside.png"
+    reference.write_text(json.dumps({"games": {"CartPole": {"frames": [0, 1]}}}))
+    proc = hvd_dqn(["plot", str(run), "--reference", str(reference), "--out", str(beside)])
+    assert proc.returncode == 2 and "not a reference curve JSON" in proc.stderr
+    reference.write_text(json.dumps({"games": {"Breakout": {"frames": [0], "return": [0.0]}}}))
     proc = hvd_dqn(["plot", str(run), "--reference", str(reference), "--out", str(beside)])
     assert proc.returncode == 2 and "has no curve for CartPole" in proc.stderr
     assert not beside.exists()
