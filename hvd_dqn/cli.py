@@ -296,18 +296,22 @@ def _train(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if cfg.run.deterministic:
         tf.config.experimental.enable_op_determinism()
+    code = EXIT_FAILURE
     try:
         summary = train(cfg, world, interrupts)
+        code = EXIT_PREEMPTED if summary.get("stopped") else 0
     except (distributed.WorldError, TrainingError, ConfigError, CheckpointError) as exc:
         # Every rank raises; rank 0 speaks for all.
         if world.is_chief:
             print(f"hvd-dqn: error: {exc}", file=sys.stderr, flush=True)
         usage = isinstance(exc, (ConfigError, CheckpointError)) or getattr(exc, "usage", False)
-        return EXIT_USAGE if usage else EXIT_FAILURE
+        code = EXIT_USAGE if usage else EXIT_FAILURE
     finally:
-        interrupts.close()
+        # Ended with its results or checkpoint written: a launcher's SIGTERM while
+        # Horovod and TensorFlow shut down no longer changes the exit code.
+        interrupts.close(code if code in (0, EXIT_PREEMPTED) else None)
         distributed.shutdown()
-    return EXIT_PREEMPTED if summary.get("stopped") else 0
+    return code
 
 
 def doctor(expect_world_size: int | None = None) -> int:

@@ -25,6 +25,11 @@ command again to continue".
   makes no progress for SIGNAL_GRACE seconds (outside a checkpoint being written) exits
   at once with 128 + the signal's number, as it would have without a handler; the run
   goes on from its previous checkpoint.
+- A signal while exiting: once the run has ended with its checkpoint (or results)
+  written, a stop signal ends the process at once with the run's own exit code (75 or
+  0). srun --kill-on-bad-exit sends SIGTERM to the other ranks the moment one rank
+  exits 75; a rank still shutting down Horovod then must not turn a clean stop into
+  a failed job.
 - The stall watchdog: if the loop makes no progress for `run.stall_timeout` seconds
   (a rank stopped with SIGSTOP, a hung filesystem, a peer that vanished without its
   connection closing), this rank prints one line and exits with code 1; the launcher
@@ -68,6 +73,7 @@ class Interrupts:
         self.saving = False  # a checkpoint is being written: no signal grace then
         self.launcher_lost = False
         self.deadline: float | None = None  # time.monotonic() by which to stop
+        self.exit_code: int | None = None  # set by close(): the run has ended with it
         self.stall_timeout = 0.0
         self._beat = time.monotonic()
         self._rank = 0
@@ -87,9 +93,19 @@ class Interrupts:
         self._thread = threading.Thread(target=self._watch, name="hvd-dqn-watch", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the watch thread (before Horovod and TensorFlow shut down at exit) and
-        give the stop signals back their default action (end the process)."""
+    def close(self, exit_code: int | None = None) -> None:
+        """The run has ended; called before Horovod and TensorFlow shut down.
+
+        exit_code: the run ended with everything it must write written (0, or
+        EXIT_PREEMPTED after its checkpoint); a stop signal from now on ends this
+        process at once with this code. srun --kill-on-bad-exit sends SIGTERM to the
+        other ranks as soon as one rank exits 75, while they may still be shutting
+        down; dying of that SIGTERM (143) would end the job FAILED, not requeued.
+        None: stop the watch thread and give the stop signals back their default
+        action (end the process)."""
+        if exit_code is not None:
+            self.exit_code = exit_code
+            return
         self._closing.set()
         self._thread.join(timeout=2)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -137,6 +153,11 @@ class Interrupts:
     def _watch(self) -> None:
         while not self._closing.is_set():
             received = signal.sigtimedwait(SIGNALS, 0.25)
+            if self.exit_code is not None:  # ended and saved: only exiting is left
+                if received is not None:
+                    sys.stdout.flush()
+                    os._exit(self.exit_code)
+                continue
             if received is not None:
                 self._on_signal(received.si_signo)
             if self._grandparent is not None and not self.launcher_lost:

@@ -4,6 +4,7 @@ continues (exit 75) or ends the job with one line (exit 1), and no rank behind."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -77,6 +78,30 @@ def test_a_signal_writes_a_checkpoint_and_exits_75(tmp_path: Path, sig: str) -> 
     assert later > step
     rows = logged_steps(run)
     assert rows == sorted(rows) and len(rows) == len(set(rows))
+
+
+def test_a_run_that_stopped_with_its_checkpoint_exits_75_when_killed_while_exiting(
+    tmp_path: Path,
+) -> None:
+    """srun --kill-on-bad-exit sends SIGTERM to the other ranks as soon as one exits 75,
+    while they may still be shutting down Horovod and TensorFlow. Their work is saved by
+    then, so they must still exit 75 (else the job ends FAILED and is never requeued):
+    here SIGUSR1 stops the run and SIGTERM follows every 20 ms until the process ends."""
+    run = tmp_path / "run"
+    proc = launch(_train(run))
+    try:
+        _started(run, proc)
+        proc.send_signal(signal.SIGUSR1)
+        while proc.poll() is None:
+            time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        kill_all(str(run))
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    (step,) = checkpoints(run)
+    assert f"stopped by SIGUSR1 at {step} env steps" in err
 
 
 def _mpirun_pid(run: Path) -> int:
