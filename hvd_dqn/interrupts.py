@@ -8,7 +8,7 @@ command again to continue".
 
 - SIGTERM, SIGUSR1, SIGINT: what SLURM (`scancel`, `--signal=B:USR1@N`, a time limit),
   Kubernetes (pod deletion), AWS Batch (job termination), mpirun (it forwards SIGUSR1
-  and SIGTERM to the ranks) and Ctrl-C send. Taken by a thread of ours (sigtimedwait),
+  and SIGTERM to the ranks) and Ctrl-C send. Taken by a thread of ours (sigwait),
   so they arrive even while the main thread waits inside TensorFlow or MPI; a repeat is
   ignored, so a signal that reaches a rank by two paths (the terminal and mpirun) is
   one stop.
@@ -36,7 +36,8 @@ command again to continue".
   (mpirun, srun --kill-on-bad-exit) then ends the others. Horovod's own stall check does
   not fire in that case: it runs in the coordinator's background loop, which is itself
   blocked in the MPI/Gloo exchange with the stopped rank, and our per-iteration vote
-  is an MPI call outside Horovod altogether.
+  is an MPI call outside Horovod altogether. Time this process itself spent stopped
+  (a suspended job: SIGSTOP to every rank, then SIGCONT) does not count.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from collections.abc import Mapping
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
 SIGNAL_GRACE = 3.0  # seconds a signalled rank waits for the loop to reach the vote
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+SIGNALS_SET = set(SIGNALS)
+SUSPENDED = 5.0  # seconds the watch thread did not run: this process was stopped
 _LAUNCHED_BY_MPI = ("OMPI_COMM_WORLD_SIZE",)  # Open MPI's mpirun/orted (and horovodrun)
 
 
@@ -85,7 +88,7 @@ class Interrupts:
         self._grandparent = _parent_of(self._parent) if watch else None
         # The stop signals are blocked in every thread (threads that TensorFlow, Horovod
         # and MPI start later inherit the mask) and taken by the watch thread with
-        # sigtimedwait. A Python signal handler would run only when the main thread
+        # sigwait. A Python signal handler would run only when the main thread
         # returns to the interpreter, never while it waits inside an allreduce whose
         # peer died.
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
@@ -150,21 +153,42 @@ class Interrupts:
             return 2
         return 1 if self.out_of_time(save_seconds) else 0
 
+    def _wait_for_signal(self, timeout: float) -> int:
+        """A pending stop signal's number, taken from the process (0: none within
+        `timeout` seconds).
+
+        Not signal.sigtimedwait: when the process is stopped (SIGSTOP, `scontrol
+        suspend`, Ctrl-Z) during its wait and continued after its timeout, CPython 3.11
+        returns a siginfo it never filled in, and its garbage read as a signal stopped
+        the run. sigpending and sigwait have no timeout path to get wrong."""
+        if not SIGNALS_SET & signal.sigpending():
+            self._closing.wait(timeout)
+            if not SIGNALS_SET & signal.sigpending():
+                return 0
+        return int(signal.sigwait(SIGNALS))
+
     def _watch(self) -> None:
+        tick = time.monotonic()
         while not self._closing.is_set():
-            received = signal.sigtimedwait(SIGNALS, 0.25)
+            received = self._wait_for_signal(0.25)
+            now = time.monotonic()
+            if now - tick > SUSPENDED:
+                # This thread did not run for that long: the process itself was stopped
+                # (SIGSTOP, `scontrol suspend`) and continued. Time spent stopped is not
+                # another rank's stall (its peers were most likely stopped with it).
+                self._beat += now - tick
+            tick = now
             if self.exit_code is not None:  # ended and saved: only exiting is left
-                if received is not None:
+                if received:
                     sys.stdout.flush()
                     os._exit(self.exit_code)
                 continue
-            if received is not None:
-                self._on_signal(received.si_signo)
+            if received:
+                self._on_signal(received)
             if self._grandparent is not None and not self.launcher_lost:
                 grandparent = _parent_of(self._parent)
                 if grandparent is None or grandparent != self._grandparent:
                     self.launcher_lost = True
-            now = time.monotonic()
             idle = now - self._beat
             if self.signal and not self.saving:
                 waited = now - max(self._signal_time, self._beat)
