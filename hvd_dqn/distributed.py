@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import sys
 import traceback
@@ -128,6 +129,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def local_ranks(environ: Mapping[str, str]) -> int:
+    """This job's ranks on this host, from the launcher's environment (1 if unknown),
+    before MPI starts: mpirun and horovodrun set OMPI_COMM_WORLD_LOCAL_SIZE, horovodrun
+    --gloo HOROVOD_LOCAL_SIZE; srun sets neither, but SLURM_STEP_TASKS_PER_NODE, the
+    step's tasks per node compressed ("4(x2),3" is 4, 4, 3), indexed by SLURM_NODEID."""
+    local = environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or environ.get("HOROVOD_LOCAL_SIZE")
+    if local is None and "SLURM_STEP_TASKS_PER_NODE" in environ:
+        per_node = []
+        for group in environ["SLURM_STEP_TASKS_PER_NODE"].split(","):
+            match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", group)
+            if match is None:
+                return 1
+            per_node += [int(match[1])] * int(match[2] or 1)
+        node = environ.get("SLURM_NODEID", "0")
+        if node.isdigit() and int(node) < len(per_node):
+            return per_node[int(node)]
+    return int(local) if local and local.isdigit() else 1
+
+
 def runtime_defaults(environ: Mapping[str, str], num_cpus: int) -> dict[str, str]:
     """Horovod and Open MPI settings to use where the user has not set them.
 
@@ -141,9 +161,7 @@ def runtime_defaults(environ: Mapping[str, str], num_cpus: int) -> dict[str, str
     out: dict[str, str] = {}
     if "HOROVOD_CYCLE_TIME" not in environ:
         out["HOROVOD_CYCLE_TIME"] = "0.01"
-    local = environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or environ.get("HOROVOD_LOCAL_SIZE") or "1"
-    ranks_here = int(local) if local.isdigit() else 1
-    if "OMPI_MCA_mpi_yield_when_idle" not in environ and 2 * ranks_here > num_cpus:
+    if "OMPI_MCA_mpi_yield_when_idle" not in environ and 2 * local_ranks(environ) > num_cpus:
         out["OMPI_MCA_mpi_yield_when_idle"] = "1"
     return out
 

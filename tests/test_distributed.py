@@ -159,3 +159,18 @@ def test_runtime_defaults_respect_the_user_and_the_cores() -> None:
     assert runtime_defaults(two_ranks, num_cpus=8) == {"HOROVOD_CYCLE_TIME": "0.01"}
     user = {**two_ranks, "HOROVOD_CYCLE_TIME": "5", "OMPI_MCA_mpi_yield_when_idle": "0"}
     assert runtime_defaults(user, num_cpus=2) == {}
+
+
+def test_the_ranks_on_this_host_are_read_from_every_launcher() -> None:
+    from hvd_dqn.distributed import local_ranks
+
+    assert local_ranks({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == 4  # mpirun, horovodrun
+    assert local_ranks({"HOROVOD_LOCAL_SIZE": "3"}) == 3  # horovodrun --gloo
+    # srun (PMIx direct launch sets no OMPI_* variable): SLURM's compressed list of
+    # tasks per node of the step, indexed by this node's number.
+    slurm = {"SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_NODEID": "0"}
+    assert local_ranks(slurm) == 2
+    uneven = {"SLURM_STEP_TASKS_PER_NODE": "4(x2),3,1(x2)"}
+    assert [local_ranks({**uneven, "SLURM_NODEID": str(n)}) for n in range(5)] == [4, 4, 3, 1, 1]
+    assert local_ranks({}) == 1
+    assert local_ranks({"SLURM_STEP_TASKS_PER_NODE": "garbage", "SLURM_NODEID": "0"}) == 1

@@ -2,7 +2,8 @@
 Debian's slurm-wlm) started in a temporary directory for these tests and stopped by
 process id after them. A 2-task job completes; a preempted job (SIGUSR1 to its batch
 shell, as `#SBATCH --signal=B:USR1@N` sends) checkpoints, requeues itself and finishes
-from that checkpoint; a killed rank ends the job FAILED with the run resumable."""
+from that checkpoint; a suspended job resumes and completes; a killed rank ends the job
+FAILED with the run resumable."""
 
 from __future__ import annotations
 
@@ -207,6 +208,27 @@ def test_a_preempted_job_checkpoints_requeues_and_finishes(
         steps = logged_steps(run, kind)
         assert steps == sorted(steps) and len(steps) == len(set(steps)), kind
     assert _job(slurm, job)["Restarts"] == "1"
+
+
+def test_a_suspended_job_resumes_and_completes(slurm: dict[str, str], tmp_path: Path) -> None:
+    """`scontrol suspend` (SIGSTOP to every task) for longer than the stall timeout,
+    then `scontrol resume`: the job goes on where it was and completes, not requeued."""
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    total = 12000
+    job = _sbatch(slurm, run, log, f"--total-steps={total}", "--set=run.stall_timeout=20")
+    deadline = time.monotonic() + 120
+    while not logged_steps(run):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "suspend", job], env=slurm, check=True)
+    assert _wait_state(slurm, job, {"SUSPENDED"}, 10) == "SUSPENDED"
+    before = logged_steps(run)
+    time.sleep(25)
+    assert logged_steps(run) == before  # really stopped
+    subprocess.run(["scontrol", "resume", job], env=slurm, check=True)
+    assert _wait_state(slurm, job, {"COMPLETED", "FAILED"}, 300) == "COMPLETED", log.read_text()
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == total
+    assert "attempt 2" not in log.read_text() and _job(slurm, job)["Restarts"] == "0"
 
 
 def test_a_killed_rank_fails_the_job_within_seconds_and_leaves_it_resumable(
