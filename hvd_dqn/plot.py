@@ -14,23 +14,24 @@ import matplotlib.pyplot as plt
 from hvd_dqn.config import ConfigError, load
 
 
-def _rows(run: Path, kind: str) -> list[dict]:
+def _rows(run: Path) -> dict[str, list[dict]]:
+    """A run's metrics.jsonl rows by kind: {"train": [...], "eval": [...]}."""
     path = run / "metrics.jsonl"
     if not path.exists():
         raise ConfigError(f"{run}: not a run directory (no metrics.jsonl)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["kind"] == kind]
-
-
-def _evals(run: Path) -> list[dict]:
-    return _rows(run, "eval")
+    rows: dict[str, list[dict]] = {"train": [], "eval": []}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["kind"], []).append(row)
+    return rows
 
 
 def plot_runs(runs: Sequence[str], out: str) -> None:
     """Greedy evaluation return against env steps and against wall-clock, one line per run."""
     fig, (by_steps, by_time) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
-        rows = _evals(Path(run))
+        rows = _rows(Path(run))["eval"]
         label = Path(run).name
         steps = [r["env_steps"] for r in rows]
         seconds = [r["wall_seconds"] for r in rows]
@@ -103,8 +104,9 @@ def plot_against_reference(runs: Sequence[str], reference_json: str, out: str) -
         game = _game(run)
         if game not in games:
             raise ConfigError(f"{run}: {reference_json} has no curve for {game}")
-        train = [r for r in _rows(run, "train") if r.get("episode_return") is not None]
-        evals = _evals(run)
+        rows = _rows(run)
+        train = [r for r in rows["train"] if r.get("episode_return") is not None]
+        evals = rows["eval"]
         last = max((r["env_steps"] for r in evals + train), default=0) * 1.03
         ref = [(f, v) for f, v in games[game] if f <= last]
         ax.plot(
