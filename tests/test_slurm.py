@@ -162,6 +162,14 @@ def _wait_state(env: dict[str, str], job: str, states: set[str], timeout: float)
     return state
 
 
+def _wait_logged(run: Path, log: Path, timeout: float = 120) -> None:
+    """Until the job's run has logged its first training row (the job's log on failure)."""
+    deadline = time.monotonic() + timeout
+    while not logged_steps(run):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.2)
+
+
 def test_sbatch_runs_one_world_of_two_and_completes(slurm: dict[str, str], tmp_path: Path) -> None:
     run, log = tmp_path / "run", tmp_path / "job.log"
     job = _sbatch(slurm, run, log, "--total-steps=2000", "--set=run.eval_episodes=2")
@@ -188,10 +196,7 @@ def test_a_preempted_job_checkpoints_requeues_and_finishes(
     run, log = tmp_path / "run", tmp_path / "job.log"
     total = 12000
     job = _sbatch(slurm, run, log, f"--total-steps={total}", "--set=run.checkpoint_every=0")
-    deadline = time.monotonic() + 120
-    while not logged_steps(run):
-        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
-        time.sleep(0.2)
+    _wait_logged(run, log)
     subprocess.run([*command, job], env=slurm, check=True)
     _wait_state(slurm, job, {"PENDING"}, 60)
     (stopped,) = checkpoints(run)  # checkpoint_every=0: the one written on the signal
@@ -216,10 +221,7 @@ def test_a_suspended_job_resumes_and_completes(slurm: dict[str, str], tmp_path: 
     run, log = tmp_path / "run", tmp_path / "job.log"
     total = 12000
     job = _sbatch(slurm, run, log, f"--total-steps={total}", "--set=run.stall_timeout=20")
-    deadline = time.monotonic() + 120
-    while not logged_steps(run):
-        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
-        time.sleep(0.2)
+    _wait_logged(run, log)
     subprocess.run(["scontrol", "suspend", job], env=slurm, check=True)
     assert _wait_state(slurm, job, {"SUSPENDED"}, 10) == "SUSPENDED"
     before = logged_steps(run)
