@@ -4,7 +4,8 @@
     hvd-dqn train --resume RUN_DIR [--total-steps N]    (explicit form of continuing)
     hvd-dqn evaluate RUN_DIR_OR_MODEL [--episodes N] [--env ID] [--eps E] [--video F.gif|.mp4]
     hvd-dqn bench {act,update,scaling,solve,efficiency,faults} [--json FILE]
-    hvd-dqn plot RUN_DIR... [--scaling BENCH_JSON] [--reference CURVES_JSON] [--out PNG]
+    hvd-dqn plot RUN_DIR... [--reference CURVES_JSON] [--out PNG]
+    hvd-dqn plot --scaling BENCH_JSON | --efficiency BENCH_JSON [--out PNG]
     hvd-dqn doctor
 
 Start `train` under a launcher for data parallelism: `horovodrun -np 2 hvd-dqn train`,
@@ -135,9 +136,12 @@ def _parser() -> argparse.ArgumentParser:
         help="solve, efficiency: config overrides",
     )
 
-    plot = sub.add_parser("plot", help="learning curves of runs; --scaling for a bench JSON")
+    plot = sub.add_parser(
+        "plot", help="learning curves of runs; --scaling/--efficiency for a bench JSON"
+    )
     plot.add_argument("runs", nargs="*", help="run directories")
     plot.add_argument("--scaling", metavar="JSON", help="a `bench scaling` JSON to chart")
+    plot.add_argument("--efficiency", metavar="JSON", help="a `bench efficiency` JSON to chart")
     plot.add_argument("--out", default="curves.png", help="PNG to write (curves.png)")
     plot.add_argument(
         "--reference",
@@ -174,16 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         if args.command == "plot":
-            from hvd_dqn.plot import plot_against_reference, plot_runs, plot_scaling
+            from hvd_dqn import plot
 
-            if not args.runs and not args.scaling:
-                return _fail("plot: give run directories and/or --scaling JSON", EXIT_USAGE)
+            if not (args.runs or args.scaling or args.efficiency):
+                return _fail(
+                    "plot: give run directories, --scaling JSON or --efficiency JSON", EXIT_USAGE
+                )
+            stem = str(Path(args.out).with_suffix(""))
             if args.runs and args.reference:
-                plot_against_reference(args.runs, args.reference, args.out)
+                plot.plot_against_reference(args.runs, args.reference, args.out)
             elif args.runs:
-                plot_runs(args.runs, args.out)
+                plot.plot_runs(args.runs, args.out)
             if args.scaling:
-                plot_scaling(args.scaling, str(Path(args.out).with_suffix("")) + "-scaling.png")
+                plot.plot_scaling(args.scaling, stem + "-scaling.png")
+            if args.efficiency:
+                plot.plot_efficiency(args.efficiency, stem + "-efficiency.png")
             return 0
         if args.command == "doctor":
             return doctor(args.expect_world_size)

@@ -1,4 +1,4 @@
-"""`hvd-dqn plot`: learning curves of runs and the scaling chart, as PNG (matplotlib)."""
+"""`hvd-dqn plot`: learning curves of runs and the bench charts, as PNG (matplotlib)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -69,6 +70,45 @@ def plot_scaling(bench_json: str, out: str) -> None:
         ylabel="aggregate env steps/s (training)",
         title="weak scaling (label: efficiency)",
     )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def plot_efficiency(bench_json: str, out: str) -> None:
+    """Sample efficiency as ranks grow: the greedy return against total env steps, one
+    line per (ranks, lr_scaling rule), the mean over the seeds (their range shaded when there
+    are 3 lines or fewer)."""
+    try:
+        bench = json.loads(Path(bench_json).read_text())
+        runs = bench["runs"]
+        cases = sorted({(r["ranks"], r["rule"]) for r in runs})
+        curves = {  # (ranks, rule): [seed, evaluation, (env steps, return)]
+            case: np.array([r["evals"] for r in runs if (r["ranks"], r["rule"]) == case], float)
+            for case in cases
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{bench_json}: not a `hvd-dqn bench efficiency` JSON ({exc})") from None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = {p: f"C{i}" for i, p in enumerate(sorted({p for p, _ in cases}))}
+    styles = {"none": "-", "linear": "--", "sqrt": ":"}
+    shaded = len(curves) <= 3  # the seeds' range, where it stays readable
+    for (p, rule), seeds in curves.items():
+        steps, returns = seeds[0, :, 0], seeds[:, :, 1]
+        label = f"{p} rank{'s' if p > 1 else ''}" + (f", {rule}" if p > 1 else "")
+        style = styles.get(rule, "-")
+        ax.plot(steps, returns.mean(0), style, color=colors[p], marker="o", ms=3, label=label)
+        if shaded:
+            ax.fill_between(steps, returns.min(0), returns.max(0), color=colors[p], alpha=0.1)
+    seeds_of = len(next(iter(curves.values()), []))
+    ax.set(
+        xlabel="env steps, all ranks together",
+        ylabel="greedy evaluation return",
+        title=f"{bench.get('config', '')}: mean of {seeds_of} seeds"
+        + (" (range shaded)" if shaded else ""),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")

@@ -1,4 +1,4 @@
-"""`hvd-dqn bench efficiency`: real runs at two world sizes, the table and the JSON."""
+"""`hvd-dqn bench efficiency`: real runs at two world sizes, the table, the JSON, the chart."""
 
 from __future__ import annotations
 
@@ -27,3 +27,9 @@ def test_efficiency_runs_every_world_size_and_rule_at_equal_env_steps(tmp_path: 
         steps = [s for s, _ in run["evals"]]
         assert len(steps) == 5 and steps[-1] == 2000, run
     assert "final_mean" in proc.stdout and "curve_mean" in proc.stdout
+
+    # and its chart: one line per (ranks, rule), drawn from this JSON
+    proc = hvd_dqn(["plot", "--efficiency", str(out), "--out", str(tmp_path / "eff.png")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    png = tmp_path / "eff-efficiency.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

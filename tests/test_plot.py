@@ -49,6 +49,11 @@ def test_plot_curves_and_scaling(tmp_path: Path) -> None:
 def test_plot_and_bench_refuse_bad_input(tmp_path: Path) -> None:
     proc = hvd_dqn(["plot", str(tmp_path)])
     assert proc.returncode == 2 and "not a run directory (no metrics.jsonl)" in proc.stderr
+    scaling = tmp_path / "scaling.json"
+    scaling.write_text(json.dumps({"bench": "scaling", "rows": []}))
+    proc = hvd_dqn(["plot", "--efficiency", str(scaling), "--out", str(tmp_path / "x.png")])
+    assert proc.returncode == 2 and "not a `hvd-dqn bench efficiency` JSON" in proc.stderr
+    assert not (tmp_path / "x-efficiency.png").exists()
     proc = hvd_dqn(["bench", "solve", "--seeds", "a,b"])
     assert proc.returncode == 2 and "--seeds 'a,b': expected comma-separated integers" in (
         proc.stderr
