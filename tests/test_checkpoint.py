@@ -131,6 +131,7 @@ def _learner(run: Path, step: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.distributed
+@pytest.mark.compat
 @pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])
 def test_a_run_killed_with_sigkill_resumes_bit_identical(tmp_path: Path, np_: int) -> None:
     steps = 8000

@@ -67,6 +67,7 @@ def _results(out: Path) -> list[dict]:
 
 
 @pytest.mark.distributed
+@pytest.mark.compat
 @pytest.mark.parametrize("gloo", [False, True], ids=["mpi", "gloo"])
 def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bool) -> None:
     proc = horovodrun(

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env, rank_pids
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slurm]
+pytestmark = [pytest.mark.distributed, pytest.mark.slurm, pytest.mark.cluster]
 
 CONF = """\
 ClusterName=hvdtest
