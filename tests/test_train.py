@@ -61,7 +61,14 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     proc = hvd_dqn(["evaluate", str(run), "--episodes", "3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads(proc.stdout.splitlines()[-1])
-    assert stats["episodes"] == 3 and stats["return_min"] <= stats["return_mean"]
+    # The exported policy on the same 3 seeded episodes plays as the learner did in the
+    # run's final evaluation.
+    assert stats["episodes"] == 3
+    final = summary["final_eval"]
+    assert (stats["return_mean"], stats["return_max"]) == (
+        final["return_mean"],
+        final["return_max"],
+    )
     # A policy is evaluated only on observations of its shape.
     proc = hvd_dqn(["evaluate", str(run), "--episodes", "1", "--env", "MinAtar/Breakout-v1"])
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
@@ -81,7 +88,7 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "steps", "extra"),
     [
-        ("cartpole", 4000, []),
+        pytest.param("cartpole", 4000, [], marks=pytest.mark.compat),
         (
             "minatar",
             3000,
