@@ -11,6 +11,7 @@
 VENV ?= .venv
 NP ?= 2
 ARGS ?=
+PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS := $(VENV)/.test-tools
@@ -50,7 +51,7 @@ typecheck: setup
 	$(BIN)/mypy hvd_dqn
 
 test: lint typecheck
-	$(BIN)/pytest -q -ra --durations=25
+	$(BIN)/pytest -q -ra --durations=25 $(PYTEST_ARGS)
 
 test-fast: lint typecheck
 	$(BIN)/pytest -q -ra -m "not cluster" --durations=10

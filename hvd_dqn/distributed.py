@@ -393,6 +393,14 @@ def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
     return dict(zip(keys, vec.tolist(), strict=True))
 
 
+def max_over_ranks(value: float) -> float:
+    """The largest of every rank's `value` (collective)."""
+    if hvd.size() == 1:
+        return value
+    # Horovod: allreduce-max of one scalar.
+    return float(hvd.allreduce(tf.constant(value, dtype=tf.float64), op=hvd.Max).numpy())
+
+
 def any_rank(flag: bool) -> bool:
     """A collective yes/no: True on every rank if it is True on at least one."""
     return bool(vote([int(flag)])[0])

@@ -21,6 +21,7 @@ still in the ring: oldest + k - 1 <= t <= newest - n.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -272,8 +273,11 @@ class Replay:
             times, lanes = np.concatenate([times, t[keep]]), np.concatenate([lanes, e[keep]])
         return times[:batch_size], lanes[:batch_size]
 
-    def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
-        """A batch of n-step transitions (prioritized: with importance weights at beta)."""
+    def sample(
+        self, batch_size: int, beta: float = 0.4, batch_max: Callable[[float], float] = float
+    ) -> Batch:
+        """A batch of n-step transitions (prioritized: with importance weights at beta,
+        normalized by `batch_max` of their largest: see dqn.importance_weights)."""
         lo, hi = self._bounds()
         if hi < lo:
             raise ValueError("replay holds no complete transition yet")
@@ -290,7 +294,7 @@ class Replay:
             if (prio <= 0).any():  # float round-off at a slice edge: take a valid pick
                 leaves = np.where(prio > 0, leaves, leaves[np.argmax(prio)])
                 prio = self.tree.get(leaves)
-            weights = importance_weights(prio / total, len(self), beta)
+            weights = importance_weights(prio / total, len(self), beta, batch_max)
             slots, lanes = leaves // self.num_envs, leaves % self.num_envs
             newest_slot = (self.t - 1) % self.lane
             # slot -> absolute time: the latest time <= t - 1 stored in that slot

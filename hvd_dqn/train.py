@@ -29,7 +29,14 @@ import numpy as np
 
 from hvd_dqn import checkpoint, distributed, rundir
 from hvd_dqn.actor import Actor
-from hvd_dqn.config import Config, ConfigError, run_dir, to_yaml
+from hvd_dqn.config import (
+    Config,
+    ConfigError,
+    rank_batch,
+    run_dir,
+    to_yaml,
+    updates_per_iteration,
+)
 from hvd_dqn.distributed import World
 from hvd_dqn.dqn import linear_schedule
 from hvd_dqn.envs import frame_stack
@@ -90,6 +97,10 @@ class Trainer:
             cfg.run.save_replay == "auto" and replay_size <= REPLAY_SAVE_BUDGET
         )
         self.membership: Static | Elastic = Elastic(self) if cfg.run.elastic else Static()
+        # A global batch sampled in shares: importance weights are normalized by the
+        # largest weight of all ranks' samples (Horovod: one allreduce-max per draw).
+        global_per = cfg.learner.batch_scope == "global" and cfg.replay.prioritized
+        self.batch_max = distributed.max_over_ranks if global_per else float
         self.log: RunLog | None = None  # rank 0's, once the run has begun
         self.plan = ""  # what the run directory held: rundir.NEW, CONTINUE or FINISHED
         self.t_train = time.perf_counter()  # (the training wall-clock, set at begin)
@@ -136,7 +147,9 @@ class Trainer:
         can_update, ready = self.membership.may_update(self)
         if not can_update:
             return True
-        s.update_debt += self.cfg.env.num_envs * self.cfg.learner.replay_ratio
+        s.update_debt += updates_per_iteration(
+            self.cfg.learner, self.cfg.env.num_envs, self.world.size
+        )
         while s.update_debt >= K:
             s.update_debt -= K
             if not self._update(K, ready):
@@ -150,9 +163,9 @@ class Trainer:
         beta = linear_schedule(
             cfg.replay.beta_start, cfg.replay.beta_end, cfg.run.total_steps, s.env_steps
         )
-        batch = cfg.learner.batch_size
+        batch = rank_batch(cfg.learner, self.world.size)
         if ready:
-            batches = s.replay.sample(K * batch, beta).split(K)
+            batches = s.replay.sample(K * batch, beta, self.batch_max).split(K)
         else:  # an elastic worker that joins: zero weight until its replay is filled
             batches = [s.replay.empty_batch(batch)] * K
         t0 = time.perf_counter()
@@ -406,6 +419,7 @@ def build_state(cfg: Config, world: World, collective: bool) -> tuple[TrainState
     fit the observations ends every rank with one line. Elastic (collective False): a
     worker may be joining a run in progress and must make no collective call here."""
     run: Any = distributed.run_collectively if collective else (lambda fn, what: fn())
+    run(lambda: rank_batch(cfg.learner, world.size), "sharing the batch")
     actor = run(lambda: Actor.start(cfg.env, cfg.run.seed, world.rank), "creating the environments")
     obs_space, action_space = actor.envs.single_observation_space, actor.envs.single_action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)

@@ -51,7 +51,9 @@ def _fingerprint(run: Path) -> dict:
 def test_the_loop_reproduces_the_recorded_run_bit_for_bit(tmp_path: Path, np_: int) -> None:
     run = tmp_path / "run"
     env = quiet_env(TF_ENABLE_ONEDNN_OPTS="0")
-    proc = horovodrun([str(BIN / "hvd-dqn"), *train_args("cartpole", 8000, run, *SETS)], np=np_, env=env)
+    proc = horovodrun(
+        [str(BIN / "hvd-dqn"), *train_args("cartpole", 8000, run, *SETS)], np=np_, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = _fingerprint(run)
     key = f"{np_}rank"

@@ -291,3 +291,37 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_survive
         assert checkpoint.read_rank(run, saved[-1], 0) and (last / "learner.npz").exists()
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.distributed
+def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -> None:
+    """learner.batch_scope=global: 2 ranks sampling 64 each make the updates of one
+    process sampling 128, per env step of all ranks (prioritized: the importance weights'
+    max is taken over both ranks); batch_scope=rank: half as many, on batches of 2 x 128.
+    (That the mean gradient of 2 ranks x B equals one process's on the 2B samples:
+    test_learner.test_two_ranks_with_batch_b_equal_one_process_with_batch_2b.)"""
+    sets = ["run.stop_at_return=none", "run.eval_every=0", "run.eval_episodes=1"]
+    updates = {}
+    for name, np_, scope in [("one", 1, "rank"), ("global", 2, "global"), ("rank", 2, "rank")]:
+        run = tmp_path / name
+        args = train_args("cartpole", 3072, run, *sets, f"learner.batch_scope={scope}")
+        proc = horovodrun([str(BIN / "hvd-dqn"), *args], np=np_)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["env_steps"] == 3072
+        updates[name] = summary["updates"]
+    # Equal up to where the first iteration past learning_starts falls (8 updates at most:
+    # one iteration of 2 ranks x 8 envs x replay_ratio 0.5).
+    assert abs(updates["global"] - updates["one"]) <= 8, updates
+    assert abs(2 * updates["rank"] - updates["one"]) <= 8, updates
+    # A batch that 2 ranks cannot share equally is refused with one line, at once.
+    run = tmp_path / "odd"
+    args = train_args("cartpole", 3072, run, "learner.batch_scope=global", "learner.batch_size=127")
+    proc = horovodrun([str(BIN / "hvd-dqn"), *args], np=2)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert (
+        "learner.batch_size=127: with batch_scope global it must be a multiple of the 2"
+        in errors[0]
+    )
+    assert not run.exists()
