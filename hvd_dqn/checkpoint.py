@@ -287,9 +287,7 @@ def save(run_dir: Path, state: TrainState, world: Any, cfg: Any, save_replay: bo
 
         return run
 
-    distributed.run_collectively(
-        guarded(lambda: begin(run_dir, step) if world.is_chief else None), where
-    )
+    distributed.on_chief(guarded(lambda: begin(run_dir, step)), where, world)
 
     def write() -> None:
         if world.is_chief:
@@ -298,15 +296,9 @@ def save(run_dir: Path, state: TrainState, world: Any, cfg: Any, save_replay: bo
 
     distributed.run_collectively(guarded(write), where)
     extra = {"replay_saved": save_replay}
-    distributed.run_collectively(
-        guarded(
-            lambda: (
-                finish(partial, state, world.size, cfg.run.keep_checkpoints, extra)
-                if world.is_chief
-                else None
-            )
-        ),
-        where,
+    keep = cfg.run.keep_checkpoints
+    distributed.on_chief(
+        guarded(lambda: finish(partial, state, world.size, keep, extra)), where, world
     )
 
 

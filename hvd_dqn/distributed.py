@@ -460,6 +460,13 @@ def run_collectively(fn: Callable[[], T], what: str) -> T:
     return result  # type: ignore[return-value]
 
 
+def on_chief(fn: Callable[[], T], what: str, world: World) -> T | None:
+    """`fn` on rank 0 alone (None on the other ranks), collectively: a failure there (a
+    full disk, a bad directory) ends every rank with one line instead of leaving the
+    others waiting (run_collectively)."""
+    return run_collectively(lambda: fn() if world.is_chief else None, what)
+
+
 # Exceptions that mean bad input (exit 2): by name, so this module needs no other import.
 _USAGE_ERRORS = {"ConfigError", "CheckpointError"}
 

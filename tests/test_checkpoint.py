@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from hvd_dqn import checkpoint
+from hvd_dqn.files import read_rows
 from hvd_dqn.replay import Replay
 
 # -- the replay's state --------------------------------------------------------------------
@@ -121,7 +122,7 @@ def _train_args(run: Path, steps: int) -> list[str]:
 
 
 def _rows(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_rows(run)
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 

@@ -11,11 +11,7 @@ import pytest
 from conftest import BIN, horovodrun, hvd_dqn, train_args, train_one_process
 
 from hvd_dqn import checkpoint
-
-
-def _rows(run: Path, kind: str) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [row for row in map(json.loads, lines) if row["kind"] == kind]
+from hvd_dqn.files import read_rows
 
 
 def _check_run_dir(run: Path, env_steps: int) -> dict:
@@ -30,7 +26,7 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] >= env_steps
-    train_rows = _rows(run, "train")
+    train_rows = read_rows(run, "train")
     assert train_rows and train_rows[-1]["env_steps"] == summary["env_steps"]
     for key in (
         "episode_return",
@@ -42,7 +38,7 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
         "allreduce_share",
     ):
         assert key in train_rows[-1]
-    assert _rows(run, "eval")
+    assert read_rows(run, "eval")
     assert checkpoint.complete(run)[-1] == summary["env_steps"]  # the final checkpoint
     return summary
 
@@ -55,7 +51,7 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, 3000)
     assert summary["world_size"] == 1 and summary["updates"] > 0
-    rows = _rows(run, "train")
+    rows = read_rows(run, "train")
     assert len(rows) == 3 and rows[-1]["loss"] is not None
     assert rows[0]["epsilon"] > rows[-1]["epsilon"]
     proc = hvd_dqn(["evaluate", str(run), "--episodes", "3"])
@@ -170,7 +166,7 @@ def test_stop_at_return_ends_the_run_at_the_first_good_evaluation(tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, 1000)
     assert summary["solved_at_env_steps"] == summary["env_steps"] == 1000
-    assert _rows(run, "eval")[-1]["return_mean"] >= 5
+    assert read_rows(run, "eval")[-1]["return_mean"] >= 5
 
 
 # -- bad input: exit 2, one line naming the field or file, nothing written -----------------
