@@ -331,7 +331,7 @@ class Trainer:
         """`fn` on rank 0 alone (None elsewhere), collectively: a failure there (a full
         disk, a bad directory) ends every rank with one line instead of leaving the
         others waiting."""
-        return distributed.run_collectively(lambda: fn() if self.world.is_chief else None, what)
+        return distributed.on_chief(fn, what, self.world)
 
     def chief_log(self, method: str, *args: Any) -> None:
         """Rank 0 writes a metrics row (collective)."""
