@@ -6,11 +6,18 @@ they start runs for real in test_hosts.py; the image in `make image-test`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -59,43 +66,207 @@ def mpijob() -> tuple[dict, dict]:
     return pvc, job
 
 
+def replica(name: str) -> dict:
+    return mpijob()[1]["spec"]["mpiReplicaSpecs"][name]
+
+
 def test_the_mpijob_launches_one_rank_per_slot_on_shared_storage() -> None:
     pvc, job = mpijob()
     assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v2beta1", "MPIJob")
     spec = job["spec"]
     launcher, worker = spec["mpiReplicaSpecs"]["Launcher"], spec["mpiReplicaSpecs"]["Worker"]
     command = launcher["template"]["spec"]["containers"][0]["command"]
-    assert command[0] == "horovodrun"
+    assert command[:2] == ["bash", "-c"] and command[3:5] == ["launcher", "mpirun"]
     np = int(command[command.index("-np") + 1])
     assert np == spec["slotsPerWorker"] * worker["replicas"]
     assert command[command.index("--hostfile") + 1] == "/etc/mpi/hostfile"  # the operator's
-    assert command[command.index("-p") + 1] == "2222"
+    # The port comes from the image's ssh client settings (the operator's key mount at
+    # sshAuthMountPath replaces ~/.ssh, not /etc/ssh).
+    assert "Port $port" in (DOCKER / "ssh-user.sh").read_text()
+    assert command[command.index("hvd-dqn") + 1] == "train"
     run_dir = command[command.index("--run-dir") + 1]
-    for replica in (launcher, worker):
-        pod = replica["template"]["spec"]
-        (mount,) = pod["containers"][0]["volumeMounts"]
-        (volume,) = pod["volumes"]
-        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-        assert run_dir.startswith(mount["mountPath"] + "/")
+    for replica_ in (launcher, worker):
+        pod = replica_["template"]["spec"]
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        assert run_dir.startswith(mounts["runs"]["mountPath"] + "/")
         assert pod["securityContext"]["runAsUser"] == 1000  # the image's user hvd
+    # NCCL and Open MPI's shared memory on the workers: a memory volume, not Docker's 64 MB.
+    worker_pod = worker["template"]["spec"]
+    (shm,) = [v for v in worker_pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in worker_pod["containers"][0]["volumeMounts"]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # every rank writes its part
-    assert launcher["restartPolicy"] == "OnFailure" and spec["runPolicy"]["backoffLimit"] > 0
+    assert pvc["spec"]["storageClassName"]  # a placeholder the user must replace
+    # Exit codes: 1-127 are not retried (2: bad input), 128-255 are (203: stopped with a
+    # checkpoint); the launcher script maps 75 to 203 (see the launcher test below).
+    assert launcher["restartPolicy"] == "ExitCode" and 0 < spec["runPolicy"]["backoffLimit"] <= 10
     assert spec["sshAuthMountPath"] == "/home/hvd/.ssh"
+    # launcherCreationPolicy exists from MPI operator v0.5.0 on; the file says so.
+    assert "launcherCreationPolicy" in spec
+    assert "v0.5.0" in (DOCKER / "k8s" / "mpijob.yaml").read_text().split("apiVersion")[0]
 
 
-def test_the_mpijob_worker_forwards_sigterm_to_its_ranks() -> None:
-    _, job = mpijob()
-    container = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
-    script = container["command"][2]
-    assert container["command"][:2] == ["bash", "-c"]
-    assert 'sshd -D -f "$SSHD_CONFIG"' in script
-    assert "SSHD_CONFIG=/home/hvd/.sshd/sshd_config" in (DOCKER / "Dockerfile").read_text()
-    assert re.search(r"trap .*pkill -TERM -f \"hvd-dqn train\".* TERM", script)
-    if shutil.which("shellcheck"):
+def test_the_mpijob_scripts_pass_shellcheck() -> None:
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed")
+    for name in ("Launcher", "Worker"):
+        script = replica(name)["template"]["spec"]["containers"][0]["command"][2]
         lint = subprocess.run(
             ["shellcheck", "-s", "bash", "-"], input=script, capture_output=True, text=True
         )
-        assert lint.returncode == 0, lint.stdout
+        assert lint.returncode == 0, (name, lint.stdout)
+
+
+# A stand-in for one rank: a process named hvd-dqn (a script of that name, as pip
+# installs it) whose command line reads `.../hvd-dqn train --run-dir DIR`. It notes the
+# first stop signal it gets, and exits once the test creates DIR/release: 75 after a
+# signal (stopped with a checkpoint), 2 without (bad input).
+FAKE_RANK = """\
+import pathlib, signal, sys, time
+d = pathlib.Path(sys.argv[sys.argv.index("--run-dir") + 1])
+def stop(signum, frame):
+    if not (d / "signal").exists():
+        (d / "signal").write_text(signal.Signals(signum).name)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGUSR1, stop)
+(d / "started").write_text("")
+while not (d / "release").exists():
+    time.sleep(0.05)
+sys.exit(75 if (d / "signal").exists() else 2)
+"""
+
+
+def fake_rank(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "hvd-dqn"
+    path.parent.mkdir()
+    path.write_text(f"#!{sys.executable}\n{FAKE_RANK}")
+    path.chmod(0o755)
+    return path
+
+
+def wait_for_file(path: Path, *procs: subprocess.Popen[str], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        for p in procs:
+            assert p.poll() is None, f"{p.args} ended: {p.communicate()}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+class Pod:
+    """`bash -c SCRIPT ARGS` as the first process (PID 1) of a PID namespace of its own
+    with its own /proc, as a container's command runs: it sees only its own processes
+    (not other training runs on this machine), and it gets only the signals it traps."""
+
+    def __init__(self, script: str, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, **env), start_new_session=True,
+        )  # fmt: skip
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split():
+            assert time.monotonic() < deadline and self.proc.poll() is None
+            time.sleep(0.01)
+        self.pid1 = int(children.read_text().split()[0])  # the bash, seen from outside
+
+    def start(self, cmd: list[str]) -> subprocess.Popen[str]:
+        """Start `cmd` inside the namespace (as mpirun's daemon starts a rank there)."""
+        return subprocess.Popen(
+            ["nsenter", "--target", str(self.pid1), "--pid", "--mount", "--", *cmd],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def close(self) -> str:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.communicate()[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_mpijob_worker_stops_its_ranks_on_sigterm_and_waits_for_them(
+    tmp_path: Path,
+) -> None:
+    """The worker's command, run for real as PID 1 with a real sshd: a SIGTERM reaches
+    the rank, and the script ends once the rank has exited, not before. A wait that
+    matched the script's own text (`pgrep -f "hvd-dqn train"` finds PID 1's `bash -c`)
+    would never end, and this test would time out."""
+    container = replica("Worker")["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["bash", "-c"]
+    script = container["command"][2]
+    assert "SSHD_CONFIG=/home/hvd/.sshd/sshd_config" in (DOCKER / "Dockerfile").read_text()
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory (root)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"],
+                   check=True)  # fmt: skip
+    port = free_port()
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {tmp_path}/host_key\n"
+        f"PidFile {tmp_path}/sshd.pid\nUsePAM no\nPasswordAuthentication no\n"
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    pod = Pod(script, [], {"SSHD_CONFIG": str(config)})
+    rank = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the worker's sshd answers
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert time.monotonic() < deadline and pod.proc.poll() is None, pod.close()
+            time.sleep(0.1)
+        rank = pod.start([str(fake_rank(tmp_path)), "train", "--run-dir", str(run)])
+        wait_for_file(run / "started", rank, pod.proc)
+        os.kill(pod.pid1, signal.SIGTERM)  # what the kubelet sends the container
+        assert wait_for_file(run / "signal", rank, pod.proc) == "SIGTERM"
+        # The rank is writing its checkpoint: the worker (and its sshd) must stay.
+        with pytest.raises(subprocess.TimeoutExpired):
+            pod.proc.wait(timeout=2)
+        (run / "release").touch()
+        assert rank.wait(timeout=30) == 75
+        pod.proc.wait(timeout=30)  # the wait ended with the rank, and sshd was stopped
+    finally:
+        pod.close()
+        if rank is not None and rank.poll() is None:
+            rank.kill()
+
+
+@pytest.mark.parametrize(("sigterm", "exit_code"), [(True, 203), (False, 2)])
+def test_the_mpijob_launcher_turns_sigterm_into_a_checkpoint_and_a_retryable_code(
+    tmp_path: Path, sigterm: bool, exit_code: int
+) -> None:
+    """The launcher's command, run for real as PID 1 with a real mpirun (one local rank
+    instead of the operator's host file): a SIGTERM to it reaches the rank as SIGUSR1
+    through mpirun; the rank's 75 leaves as 203 (retried under restartPolicy ExitCode),
+    and a bad input's 2 leaves as 2 (not retried)."""
+    command = replica("Launcher")["template"]["spec"]["containers"][0]["command"]
+    script = command[2]
+    run = tmp_path / "run"
+    run.mkdir()
+    args = [
+        "launcher", "mpirun", "--allow-run-as-root", "-np", "1",
+        str(fake_rank(tmp_path)), "train", "--run-dir", str(run),
+    ]  # fmt: skip
+    pod = Pod(script, args, {})
+    try:
+        wait_for_file(run / "started", pod.proc)
+        if sigterm:
+            os.kill(pod.pid1, signal.SIGTERM)
+            assert wait_for_file(run / "signal", pod.proc) == "SIGUSR1"
+        (run / "release").touch()
+        assert pod.proc.wait(timeout=60) == exit_code, pod.close()
+    finally:
+        log = pod.close()
+    assert not (run / "signal").exists() or "exiting 203 to be retried" in log
 
 
 def test_the_apptainer_definition_builds_from_the_saved_image() -> None:
