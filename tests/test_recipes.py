@@ -271,10 +271,15 @@ def test_the_mpijob_launcher_turns_sigterm_into_a_checkpoint_and_a_retryable_cod
 
 def test_the_apptainer_definition_builds_from_the_saved_image() -> None:
     text = (DOCKER / "hvd_dqn.def").read_text()
-    header = dict(re.findall(r"^(Bootstrap|From):\s*(\S+)", text, re.M))
+    header = dict(re.findall(r"^(Bootstrap|From):\s*(.+?)\s*$", text, re.M))
     assert header["Bootstrap"] == "oci-archive"
-    # The archive the definition reads is the one its instructions save.
-    assert f"-o {header['From']} hvd-dqn:cpu" in text
+    # The archive is a build argument (Apptainer >= 1.2): the CPU image's by default,
+    # the GPU image's with --build-arg; each is the one its instructions save.
+    assert header["From"] == "{{ ARCHIVE }}"
+    (default,) = re.findall(r"^%arguments\n\s+ARCHIVE=(\S+)$", text, re.M)
+    assert f"-o {default} hvd-dqn:cpu" in text
+    (gpu,) = re.findall(r"--build-arg ARCHIVE=(\S+)", text)
+    assert f"-o {gpu} hvd-dqn:gpu" in text
     sections = re.findall(r"^%(\w+)", text, re.M)
     known = {"setup", "files", "environment", "post", "runscript", "startscript", "test",
              "labels", "help", "arguments"}  # fmt: skip
@@ -298,3 +303,108 @@ def test_the_sbatch_script_defaults_by_tasks_per_node_and_passes_cpus_to_srun() 
     assert 'cpus=(--cpus-per-task="$SLURM_CPUS_PER_TASK")' in text
     # GPUs: every GPU of a node visible to its ranks (NCCL peer-to-peer), not one each.
     assert "--gpus-per-node=4" in text and "NVIDIA/nccl#1066" in text
+
+
+def install_sh(function: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one of docker/install.sh's decisions in bash, as the script runs it (sourced:
+    only its functions are defined, nothing is installed)."""
+    return subprocess.run(
+        ["bash", "-c", f'source "{DOCKER / "install.sh"}" && {function} "$@"', "_", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+CPU_VENV = "tensorflow_cpu==2.18.1\nkeras==3.15.1\ntensorflow-io-gcs-filesystem==0.37.1"
+CUDA_VENV = "tensorflow==2.18.1\nnvidia-cudnn-cu12==9.3.0.75\nnvidia-nccl-cu12==2.23.4"
+
+
+@pytest.mark.parametrize(
+    ("asked", "freeze", "reason"),
+    [
+        ("tensorflow[and-cuda]", CPU_VENV, "tensorflow-cpu 2.18.1 is installed, but tensorflow[and-cuda] was asked"),
+        ("tensorflow", CPU_VENV, "tensorflow-cpu 2.18.1 is installed, but tensorflow was asked"),
+        ("tensorflow-cpu", CUDA_VENV, "tensorflow 2.18.1 is installed, but tensorflow-cpu was asked"),
+        ("tensorflow[and-cuda]", "tensorflow==2.18.1", "without the NVIDIA libraries"),
+        ("tensorflow-cpu", "tensorflow-cpu==2.15.1", "tensorflow-cpu 2.15.1 is installed, 2.18.1 is pinned"),
+        ("tensorflow-cpu", "numpy==2.0.2", "tensorflow-cpu is not installed"),
+        ("tensorflow-cpu", CPU_VENV, None),
+        ("tensorflow[and-cuda]", CUDA_VENV, None),
+        ("tensorflow", "tensorflow==2.18.1", None),  # CUDA build, the system's CUDA libraries
+    ],
+)  # fmt: skip
+def test_install_reinstalls_tensorflow_that_is_not_the_build_asked(
+    asked: str, freeze: str, reason: str | None
+) -> None:
+    out = install_sh("tf_reinstall_reason", asked, "2.18.1", freeze)
+    if reason is None:
+        assert (out.returncode, out.stdout) == (1, ""), out
+    else:
+        assert out.returncode == 0 and reason in out.stdout, out
+
+
+@pytest.mark.parametrize(
+    ("built", "gpu_ops", "tf_changed", "reason"),
+    [
+        ("0.28.1 mpi gloo", "NCCL", "", "HOROVOD_GPU_OPERATIONS=NCCL was asked, but horovod was built without NCCL"),
+        ("0.28.1 mpi gloo", "", "1", "TensorFlow was reinstalled"),
+        ("", "", "", "no horovod that imports against this TensorFlow"),
+        ("0.28.0 mpi gloo", "", "", "horovod 0.28.0 is installed, 0.28.1 is pinned"),
+        ("0.28.1 gloo", "", "", "without MPI or Gloo"),
+        ("0.28.1 mpi gloo", "", "", None),
+        ("0.28.1 mpi gloo nccl", "NCCL", "", None),
+    ],
+)  # fmt: skip
+def test_install_rebuilds_horovod_that_lacks_what_was_asked(
+    built: str, gpu_ops: str, tf_changed: str, reason: str | None
+) -> None:
+    out = install_sh("horovod_rebuild_reason", "0.28.1", built, gpu_ops, tf_changed)
+    if reason is None:
+        assert (out.returncode, out.stdout) == (1, ""), out
+    else:
+        assert out.returncode == 0 and reason in out.stdout, out
+
+
+def test_install_on_this_cpu_venv_would_switch_to_cuda_when_cuda_is_asked() -> None:
+    """The case that stayed on the CPU: `TF_PACKAGE='tensorflow[and-cuda]'
+    HOROVOD_GPU_OPERATIONS=NCCL bash docker/install.sh` over this machine's CPU virtualenv.
+    The decisions, given what is really installed, reinstall TensorFlow and rebuild
+    Horovod, and the build check asks for NCCL, which this Horovod does not show."""
+    py = sys.executable
+    freeze = subprocess.run(
+        [py, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
+    ).stdout
+    version = re.search(r"^tensorflow[-_]cpu==(\S+)$", freeze, re.M | re.I)
+    assert version, "this test expects the CPU build of TensorFlow here"
+    tf = install_sh("tf_reinstall_reason", "tensorflow[and-cuda]", version[1], freeze)
+    assert tf.returncode == 0 and "is installed, but tensorflow[and-cuda] was asked" in tf.stdout
+    assert install_sh("tf_reinstall_reason", "tensorflow-cpu", version[1], freeze).returncode == 1
+    built = install_sh("horovod_built", py).stdout.strip()
+    assert built.split()[1:] == ["mpi", "gloo"], built  # the CPU build here: no NCCL
+    hvd = install_sh("horovod_rebuild_reason", built.split()[0], built, "NCCL", "")
+    assert hvd.returncode == 0 and "built without NCCL" in hvd.stdout
+    missing = install_sh("check_build_missing", CHECK_BUILD, "TensorFlow", "MPI", "Gloo", "NCCL")
+    assert missing.stdout.split() == ["NCCL"]
+    assert install_sh("check_build_missing", CHECK_BUILD, "TensorFlow", "MPI", "Gloo").stdout == ""
+
+
+# `horovodrun --check-build` of this machine's CPU build (Horovod 0.28.1), as printed;
+# running it takes 15-100 s here (it imports TensorFlow several times).
+CHECK_BUILD = """\
+Horovod v0.28.1:
+
+Available Frameworks:
+    [X] TensorFlow
+    [X] PyTorch
+    [ ] MXNet
+
+Available Controllers:
+    [X] MPI
+    [X] Gloo
+
+Available Tensor Operations:
+    [ ] NCCL
+    [ ] DDL
+    [ ] CCL
+    [X] MPI
+    [X] Gloo
+"""
