@@ -408,3 +408,12 @@ Available Tensor Operations:
     [X] MPI
     [X] Gloo
 """
+
+
+def test_the_images_carry_the_elastic_discovery_script() -> None:
+    """The README's elastic command names docker/discover-hosts.sh: the images have it
+    where the rest of docker/ is (/opt/hvd_dqn/docker)."""
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        copies = re.findall(r"^COPY (.+) docker/$", (DOCKER / name).read_text(), re.M)
+        assert any("docker/discover-hosts.sh" in c.split() for c in copies), name
+    assert "/opt/hvd_dqn/docker/discover-hosts.sh" in (ROOT / "README.md").read_text()
