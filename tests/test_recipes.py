@@ -184,13 +184,30 @@ class Pod:
     def close(self) -> str:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.communicate()[0]
+        try:
+            return self.proc.communicate(timeout=30)[0]
+        except ValueError:  # already read, for a failed assertion's message
+            return ""
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def sshd_config(tmp_path: Path) -> tuple[Path, int]:
+    """A config for a real sshd on a free port of 127.0.0.1, and that port."""
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory (root)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"],
+                   check=True)  # fmt: skip
+    port = free_port()
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {tmp_path}/host_key\n"
+        f"PidFile {tmp_path}/sshd.pid\nUsePAM no\nPasswordAuthentication no\n"
+    )
+    return config, port
 
 
 def test_the_mpijob_worker_stops_its_ranks_on_sigterm_and_waits_for_them(
@@ -204,15 +221,7 @@ def test_the_mpijob_worker_stops_its_ranks_on_sigterm_and_waits_for_them(
     assert container["command"][:2] == ["bash", "-c"]
     script = container["command"][2]
     assert "SSHD_CONFIG=/home/hvd/.sshd/sshd_config" in (DOCKER / "Dockerfile").read_text()
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory (root)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"],
-                   check=True)  # fmt: skip
-    port = free_port()
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {tmp_path}/host_key\n"
-        f"PidFile {tmp_path}/sshd.pid\nUsePAM no\nPasswordAuthentication no\n"
-    )
+    config, port = sshd_config(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
     pod = Pod(script, [], {"SSHD_CONFIG": str(config)})
@@ -417,3 +426,83 @@ def test_the_images_carry_the_elastic_discovery_script() -> None:
         copies = re.findall(r"^COPY (.+) docker/$", (DOCKER / name).read_text(), re.M)
         assert any("docker/discover-hosts.sh" in c.split() for c in copies), name
     assert "/opt/hvd_dqn/docker/discover-hosts.sh" in (ROOT / "README.md").read_text()
+
+
+def batch_node(tmp_path: Path, node: int, nodes: int, **env: str) -> tuple[Pod, Path]:
+    """docker/aws-batch-entrypoint.sh as a Batch node's first process (PID 1 of its own
+    PID namespace), with a real sshd; `hvd-dqn` on PATH is the fake rank."""
+    config, port = sshd_config(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    rank = fake_rank(tmp_path)
+    batch = {
+        "AWS_BATCH_JOB_ID": "0d6c4a2e-test#0", "AWS_BATCH_JOB_NODE_INDEX": str(node),
+        "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0", "AWS_BATCH_JOB_NUM_NODES": str(nodes),
+        "RUN_DIR": str(run), "SLOTS": "1", "HOSTFILE": str(tmp_path / "hostfile"),
+        "SSHD_CONFIG": str(config), "SSH_PORT": str(port), "NODE_WAIT": "60",
+        "PATH": f"{rank.parent}:{os.environ['PATH']}", **env,
+    }  # fmt: skip
+    entry = DOCKER / "aws-batch-entrypoint.sh"
+    return Pod(f'exec bash "{entry}" "$@"', ["entry", "--total-steps", "1000"], batch), run
+
+
+@pytest.mark.parametrize(("sigterm", "exit_code"), [(True, 75), (False, 2)])
+def test_the_batch_main_node_stops_its_ranks_on_sigterm_and_exits_with_their_code(
+    tmp_path: Path, sigterm: bool, exit_code: int
+) -> None:
+    """A job of one node (its main node): Batch's SIGTERM to the entrypoint reaches the
+    rank through mpirun as SIGUSR1, the entrypoint waits for it and exits with its 75,
+    the code the retry strategy retries; without a signal, the rank's 2 (bad input)."""
+    pod, run = batch_node(tmp_path, node=0, nodes=1)
+    try:
+        wait_for_file(run / "started", pod.proc)
+        assert (tmp_path / "hostfile").read_text() == "localhost slots=1\n"
+        if sigterm:
+            os.kill(pod.pid1, signal.SIGTERM)
+            assert wait_for_file(run / "signal", pod.proc) == "SIGUSR1"
+        (run / "release").touch()
+        code = pod.proc.wait(timeout=60)
+    finally:
+        log = pod.close()
+    assert code == exit_code, log
+    assert f"training exited with {exit_code}" in log
+
+
+def test_a_batch_child_node_ends_cleanly_on_sigterm_once_its_ranks_have_exited(
+    tmp_path: Path,
+) -> None:
+    """A child node still waiting for its main node (127.0.0.2: nothing answers) with a
+    rank running (as the main node's mpirun would have started it): Batch's SIGTERM
+    reaches the rank, the entrypoint stays while the rank writes its checkpoint, then
+    exits 0."""
+    pod, run = batch_node(
+        tmp_path, node=1, nodes=2, AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS="127.0.0.2"
+    )
+    rank = pod.start([str(tmp_path / "bin" / "hvd-dqn"), "train", "--run-dir", str(run)])
+    try:
+        wait_for_file(run / "started", rank, pod.proc)
+        os.kill(pod.pid1, signal.SIGTERM)
+        assert wait_for_file(run / "signal", rank, pod.proc) == "SIGTERM"
+        with pytest.raises(subprocess.TimeoutExpired):
+            pod.proc.wait(timeout=2)
+        (run / "release").touch()
+        assert rank.wait(timeout=30) == 75
+        code = pod.proc.wait(timeout=30)
+    finally:
+        log = pod.close()
+        if rank.poll() is None:
+            rank.kill()
+    assert code == 0, log
+    assert "reporting 127.0.0.1 slots=1 to the main node 127.0.0.2" in log
+    assert "SIGTERM: stopping this node's ranks" in log
+
+
+def test_the_batch_job_stops_with_a_checkpoint_before_its_timeout() -> None:
+    """Batch never retries a job that hit its timeout: run.max_wall_time ends the run
+    with a checkpoint (exit 75, retried) first, leaving room for the node wait."""
+    job = json.loads((DOCKER / "aws-batch" / "job-definition.json").read_text())
+    (node,) = job["nodeProperties"]["nodeRangeProperties"]
+    command = node["container"]["command"]
+    (wall,) = [a.split("=", 1)[1] for a in command if a.startswith("run.max_wall_time=")]
+    env = {e["name"]: e["value"] for e in node["container"]["environment"]}
+    assert 0 < float(wall) + int(env["NODE_WAIT"]) < job["timeout"]["attemptDurationSeconds"]
