@@ -383,7 +383,8 @@ def test_install_on_this_cpu_venv_would_switch_to_cuda_when_cuda_is_asked() -> N
         [py, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
     ).stdout
     version = re.search(r"^tensorflow[-_]cpu==(\S+)$", freeze, re.M | re.I)
-    assert version, "this test expects the CPU build of TensorFlow here"
+    if version is None:
+        pytest.skip("this virtualenv has no CPU build of TensorFlow to convert")
     tf = install_sh("tf_reinstall_reason", "tensorflow[and-cuda]", version[1], freeze)
     assert tf.returncode == 0 and "is installed, but tensorflow[and-cuda] was asked" in tf.stdout
     assert install_sh("tf_reinstall_reason", "tensorflow-cpu", version[1], freeze).returncode == 1
