@@ -16,6 +16,8 @@ from typing import Any
 import tensorflow as tf
 from tqdm import tqdm
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
 
 class RunLog:
     """metrics.jsonl + TensorBoard + progress bar, for rank 0."""
@@ -51,7 +53,9 @@ class RunLog:
         self.file.write(json.dumps(clean) + "\n")
         with self.tb.as_default(step=step):
             for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
+                # TensorBoard stores float32: a value beyond its range (a return of 1e41
+                # from an env whose rewards are huge) is in metrics.jsonl only.
+                if isinstance(value, (int, float)) and abs(value) <= _FLOAT32_MAX:
                     tf.summary.scalar(f"{kind}/{key}", value)
         self.tb.flush()
 

@@ -73,7 +73,8 @@ def test_a_signal_writes_a_checkpoint_and_exits_75(tmp_path: Path, sig: str) -> 
     proc = launch(_train(run, "--set=run.max_wall_time=12"))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
-    assert time.monotonic() - t0 < 12 + 15  # process start-up is not in the limit
+    # Process start-up is not in the limit (60 s of it on a loaded 2-core machine).
+    assert time.monotonic() - t0 < 12 + 60
     assert f"continuing {run} from env step {step}" in out
     assert "stopped by the wall-time limit" in err
     later = checkpoints(run)[-1]
