@@ -1,4 +1,7 @@
-"""Run outputs on rank 0: metrics.jsonl, TensorBoard events, a progress bar.
+"""Run outputs on rank 0: metrics.jsonl, TensorBoard events, progress.
+
+Progress is a bar on a terminal; where stderr is not one (a batch job's log, a rank under
+horovodrun or srun), one plain line per logged row instead: env steps, rate, return, ETA.
 
 Only rank 0 creates a `RunLog`; other ranks write nothing. Each `write` appends one JSON
 line (flushed, so a crash loses at most the line being written) and the same scalars
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,8 @@ class RunLog:
         self, run_dir: Path, total_steps: int, progress: bool, wall_offset: float = 0.0
     ) -> None:
         """wall_offset: seconds already logged in run_dir (a resumed run goes on from them)."""
-        self.run_dir = run_dir
+        self.run_dir, self.total = run_dir, total_steps
+        self.plain = progress and not sys.stderr.isatty()  # a log file, not a terminal
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
         self.tb = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
         self.bar = tqdm(
@@ -34,7 +39,7 @@ class RunLog:
             unit="step",
             unit_scale=True,
             dynamic_ncols=True,
-            disable=not progress,
+            disable=not progress or self.plain,
             mininterval=1.0,
         )
         self.start = time.perf_counter() - wall_offset
@@ -69,6 +74,15 @@ class RunLog:
     def train_row(self, step: int, row: dict[str, Any]) -> None:
         self.write("train", step, row)
         self.progress(step, ret=row["episode_return"], sps=row["env_steps_per_s"])
+        if self.plain:
+            rate, ret = row["env_steps_per_s"], row["episode_return"]
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            print(
+                f"hvd-dqn: {step:,}/{self.total:,} env steps ({100 * step / self.total:.0f} %), "
+                f"{rate:,.0f} steps/s, return {ret:.1f}, ETA {_duration(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def progress(self, step: int, **postfix: Any) -> None:
         self.bar.update(step - self.bar.n)
@@ -85,3 +99,13 @@ class RunLog:
         self.bar.close()
         self.file.close()
         self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+    """1h02m, 3m05s, 42s; ? when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(max(seconds, 0.0))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

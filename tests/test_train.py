@@ -321,3 +321,21 @@ def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -
         in errors[0]
     )
     assert not run.exists()
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path: Path) -> None:
+    """stderr a pipe, as in a batch job's log: one line per logged row, no \\r bar."""
+    run = tmp_path / "run"
+    args = ["train", "--total-steps", "2000", "--run-dir", str(run)]
+    sets = [
+        "run.log_every=1000",
+        "run.eval_every=0",
+        "run.eval_episodes=1",
+        "run.stop_at_return=none",
+    ]
+    proc = hvd_dqn(args + [f"--set={s}" for s in sets])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if " env steps (" in line]
+    assert [line.split()[1] for line in lines] == ["1,000/2,000", "2,000/2,000"], proc.stderr
+    assert "steps/s, return" in lines[0] and "ETA" in lines[0]
+    assert "\r" not in proc.stderr
