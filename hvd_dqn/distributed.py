@@ -224,13 +224,22 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
         controller=controller,
         device="/GPU:0" if index is not None else "/CPU:0",
     )
-    expected = expected_world_size(os.environ, expect_size)
-    if expected is not None and expected[0] != world.size:
+    launched = expected_world_size(os.environ)
+    if launched is not None and launched[0] != world.size:
         # N processes that each think they are alone would train N separate copies.
         raise WorldError(
-            f"{expected[1]} started {expected[0]} processes but Horovod sees a world of "
+            f"{launched[1]} started {launched[0]} processes but Horovod sees a world of "
             f"{world.size}: Horovod and the launcher do not share an MPI/Gloo world "
             f"(check `hvd-dqn doctor`: was Horovod built with MPI for this launcher?)"
+        )
+    if expect_size is not None and expect_size != world.size:
+        # The world is what the launcher started; the user expected another (exit 2).
+        how = f"{launched[1]} started {world.size}" if launched else "no launcher started it"
+        raise WorldError(
+            f"--expect-world-size {expect_size}: this job is a world of {world.size} "
+            f"process{'es' if world.size != 1 else ''} ({how}); start {expect_size} with "
+            f"horovodrun -np {expect_size}, mpirun -np {expect_size} or srun -n {expect_size}",
+            usage=True,
         )
     return world
 

@@ -68,7 +68,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hvd_dqn.config import ConfigError
+from hvd_dqn.config import ConfigError, shorten
 
 LOCK_NAME = "run.lock"
 BEAT_EVERY = 10.0
@@ -76,14 +76,6 @@ BEAT_EVERY = 10.0
 STALE_AFTER = 60.0
 """Seconds without a renewal after which a holder on another machine is gone."""
 _PROC = Path("/proc")
-
-
-def shorten(path: Path | str, keep: int = 80) -> str:
-    """A path for a one-line message: long ones keep their start and end."""
-    text = str(path)
-    if len(text) <= keep:
-        return text
-    return f"{text[: keep // 2]}...{text[-(keep // 2 - 3) :]} ({len(text)} characters)"
 
 
 def _read_text(path: Path) -> str:
@@ -325,7 +317,7 @@ def hold(
     except FileExistsError:
         raise ConfigError(f"run directory {shown}: exists and is not a directory") from None
     except OSError as exc:
-        raise ConfigError(f"run directory {shown}: cannot create it ({exc.strerror})") from None
+        raise ConfigError(f"run directory {shown}: cannot write there ({exc.strerror})") from None
     held: RunLock | None = None
     try:
         held = _take(run_dir, shown, stale_after, beat_every, made)

@@ -144,8 +144,13 @@ def test_processes_that_each_think_they_are_alone_fail_loudly() -> None:
     assert "srun (SLURM_STEP_NUM_TASKS=2) started 2 processes but Horovod sees a world of 1" in (
         proc.stderr
     )
+    # A world of one that was expected to be 4: what was started, what was expected.
     proc = hvd_dqn(["doctor", "--expect-world-size", "4"])
-    assert proc.returncode == 1 and "--expect-world-size started 4" in proc.stderr
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert (
+        "--expect-world-size 4: this job is a world of 1 process (no launcher started it)"
+        in proc.stderr
+    )
 
 
 def test_runtime_defaults_respect_the_user_and_the_cores() -> None:

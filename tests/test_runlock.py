@@ -232,5 +232,5 @@ def test_a_run_directory_that_cannot_be_held_is_one_line(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as refused:
         runlock.hold(long)
     message = str(refused.value)
-    assert "cannot create it (File name too long)" in message
+    assert "cannot write there (File name too long)" in message
     assert len(message) < 200 and f"({len(str(long))} characters)" in message

@@ -183,6 +183,12 @@ def hvd_dqn_config_yaml(run: Path) -> str:
     return to_yaml(load("cartpole", [f"run.run_dir={run}", "run.progress=false"]))
 
 
+def _tree(root: Path) -> list[tuple[Path, int]]:
+    """Every path under `root` with its mtime, files only: a run directory's own mtime
+    changes when the run lock (runlock.py) is made and removed again."""
+    return sorted((p, p.stat().st_mtime_ns if p.is_file() else 0) for p in root.rglob("*"))
+
+
 @pytest.mark.parametrize(
     ("args", "message", "make"),
     [
@@ -199,6 +205,12 @@ def hvd_dqn_config_yaml(run: Path) -> str:
             "network.torso=nature: needs stacked",
             None,
         ),
+        (
+            ["--config", "cartpole", "--env", "ALE/Pong-v5"],
+            "network.torso=mlp: needs vector observations [D]; this env's observations are "
+            "images (4, 84, 84)",
+            None,
+        ),
         ([], "exists and is not a directory", lambda run: run.write_text("a file")),
         (
             [],
@@ -213,6 +225,7 @@ def hvd_dqn_config_yaml(run: Path) -> str:
         "absurd-lr",
         "replay-too-big",
         "cnn-on-vectors",
+        "mlp-on-images",
         "run-dir-is-a-file",
         "foreign-config",
         "foreign-checkpoint",
@@ -222,20 +235,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     run = tmp_path / "run"
     if make:
         make(run)
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    before = _tree(tmp_path)
     proc = hvd_dqn(["train", "--run-dir", str(run), "--no-progress", *args])
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "hvd-dqn: warning" not in line]
     assert len(errors) == 1 and errors[0].startswith("hvd-dqn: error: "), proc.stderr
     assert message in errors[0]
     assert "Traceback" not in proc.stderr
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert _tree(tmp_path) == before
 
 
 def test_a_run_dir_that_cannot_be_created_is_a_usage_error() -> None:
     proc = hvd_dqn(["train", "--run-dir", "/proc/hvd-dqn-run", "--no-progress"])
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "run directory /proc/hvd-dqn-run: cannot write there" in proc.stderr
+    assert proc.stdout == ""  # not a line about the run first
 
 
 @pytest.mark.distributed
