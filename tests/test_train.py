@@ -4,11 +4,14 @@ MinAtar and Atari with tiny budgets; the run directory; `evaluate` on the export
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, horovodrun, hvd_dqn, train_args, train_one_process
+from conftest import BIN, horovodrun, hvd_dqn, launch, train_args, train_one_process, wait_for
 
 from hvd_dqn import checkpoint
 
@@ -243,6 +246,39 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     assert message in errors[0]
     assert "Traceback" not in proc.stderr
     assert _tree(tmp_path) == before
+
+
+def test_a_second_job_on_a_run_dir_is_refused_and_a_killed_ones_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    args = [
+        *train_args("cartpole", 200_000, run, "run.checkpoint_every=1000"),
+        "--set=run.stop_at_return=none",
+    ]
+    first = launch(args)
+    try:
+        wait_for(lambda: bool(checkpoint.complete(run)), first)  # training, checkpointing
+        second = hvd_dqn(args)
+        assert second.returncode == 2 and second.stdout == "", second.stderr[-3000:]
+        [line] = second.stderr.splitlines()
+        assert line.startswith(
+            f"hvd-dqn: error: run directory {run}: in use by another job (host "
+            f"{socket.gethostname()}, pid {first.pid}, since "
+        ), line
+        assert first.poll() is None  # the first goes on
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The holder was killed: the next start takes the directory over, says so, goes on.
+    third = hvd_dqn([*args, "--total-steps", str(checkpoint.complete(run)[-1] + 1000)])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (
+        f"hvd-dqn: warning: run directory {run}: taking it over from a job that is gone "
+        f"(host {socket.gethostname()}, pid {first.pid}, since "
+    ) in third.stderr
+    assert f"pid {first.pid} no longer runs)" in third.stderr
+    assert not (run / "run.lock").exists()  # released at the end
 
 
 def test_a_run_dir_that_cannot_be_created_is_a_usage_error() -> None:
