@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import hvd_dqn
+from conftest import hvd_dqn, quiet_env
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,19 @@ def test_a_command_line_argparse_refuses_is_one_line(args: list[str], line: str)
     proc = hvd_dqn(args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"hvd-dqn: error: {line}"]  # not the usage block
+
+
+def test_a_replay_larger_than_the_jobs_slurm_memory_is_refused(tmp_path: Path) -> None:
+    # 1.4 GiB of CartPole replay fits this host but not the 1 GiB SLURM gives the job
+    # (memory.memory_limit: the smallest of the host's, the cgroup's and SLURM's).
+    run = tmp_path / "run"
+    args = ["train", "--run-dir", str(run), "--set", "replay.capacity=30000000"]
+    args += ["--total-steps", "8", "--set", "run.eval_episodes=1", "--no-progress"]
+    proc = hvd_dqn(args, env=quiet_env(SLURM_MEM_PER_NODE="1024"))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-3000:]
+    [line] = proc.stderr.splitlines()
+    assert line.endswith(
+        "per rank x 1 ranks on this host, more than 80 % of the 1.0 GiB SLURM gives this job "
+        "on this node (SLURM_MEM_PER_NODE=1024)"
+    ), line
+    assert not run.exists()
