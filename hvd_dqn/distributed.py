@@ -452,12 +452,15 @@ def run_collectively(fn: Callable[[], T], what: str) -> T:
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:
         messages = {e[1] for _, e in failed}
-        if len(messages) == 1 and len(failed) == len(errors):
-            line = f"{what}: {messages.pop()}" if not failed[0][1][0] else messages.pop()
+        usage = all(e[0] for _, e in failed)
+        if len(messages) == 1 and (len(failed) == len(errors) or usage):
+            # Bad input names its field or file: said once, whichever ranks found it
+            # (often rank 0 alone, for the files only it touches).
+            line = messages.pop() if usage else f"{what}: {messages.pop()}"
         else:
             parts = "; ".join(f"rank {r}: {e[1]}" for r, e in failed)
             line = f"{what} failed on {len(failed)} of {len(errors)} ranks: {parts}"
-        raise WorldError(line, usage=all(e[0] for _, e in failed))
+        raise WorldError(line, usage=usage)
     return result  # type: ignore[return-value]
 
 

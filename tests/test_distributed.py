@@ -92,6 +92,8 @@ def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bo
     )
     for r in (r0, r1):
         assert r["collective_error"] == "setup failed on 1 of 2 ranks: rank 1: ValueError: boom"
+        # Bad input found by one rank (rank 0's file): its one line, said once, exit 2.
+        assert r["usage_error"] == ["run directory R: in use by another job", True]
 
 
 @pytest.mark.distributed
