@@ -1,7 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   set up what is missing, then train on the default (CartPole-v1, 2 ranks)
 #   make test    set up what is missing (SLURM, sshd, podman, shellcheck too), then lint,
-#                type-check and run the tests
+#                type-check and run the tests (the 25 slowest listed at the end)
+#   make test-fast  lint, type check and every test that starts no daemon (`-m "not
+#                cluster"`: no SLURM, no two hosts, no elastic), a few minutes
 #   make image   build the CPU image (podman, or docker with a daemon); make image-test
 #                runs doctor and a 2-rank training inside it
 # The first set-up compiles Horovod from source (about 5-8 minutes on 2 cores).
@@ -9,6 +11,7 @@
 VENV ?= .venv
 NP ?= 2
 ARGS ?=
+PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS := $(VENV)/.test-tools
@@ -18,7 +21,7 @@ DOCKERFILES := docker/Dockerfile docker/Dockerfile.gpu
 BASE_IMAGE ?= python:3.11-slim-bookworm
 COMPAT_VENV := .venv-compat
 
-.PHONY: setup train test lint typecheck compat doctor image image-test clean
+.PHONY: setup train test test-fast lint typecheck compat doctor image image-test clean
 
 $(STAMP): docker/install.sh docker/constraints.txt pyproject.toml
 	VENV=$(VENV) bash docker/install.sh
@@ -48,15 +51,20 @@ typecheck: setup
 	$(BIN)/mypy hvd_dqn
 
 test: lint typecheck
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=25 $(PYTEST_ARGS)
 
-# The older stack: TensorFlow 2.15.1 (Keras 2) in its own venv, distributed tests there.
+test-fast: lint typecheck
+	$(BIN)/pytest -q -ra -m "not cluster" --durations=10
+
+# The older stack: TensorFlow 2.15.1 (Keras 2) in its own venv, and the tests marked
+# `compat` there: what differs on Keras 2 (collectives, the learner, a checkpoint's round
+# trip, one end-to-end run).
 $(COMPAT_VENV)/.installed: docker/install.sh docker/constraints-compat.txt pyproject.toml
 	VENV=$(COMPAT_VENV) CONSTRAINTS=docker/constraints-compat.txt bash docker/install.sh
 	touch $@
 
 compat: $(COMPAT_VENV)/.installed
-	$(COMPAT_VENV)/bin/pytest -q -ra -m "distributed and not slow and not slurm and not hosts and not elastic"
+	$(COMPAT_VENV)/bin/pytest -q -ra -m compat --durations=10
 
 image:
 	bash docker/install-test-tools.sh

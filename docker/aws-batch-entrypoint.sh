@@ -5,10 +5,22 @@
 #   every node   starts an ssh server (mpirun reaches the nodes through it);
 #   child node   reports "ADDRESS slots=SLOTS" into the main node's host file over ssh,
 #                then waits while the main node's ssh server answers, and exits 0;
-#   main node    waits until the host file lists all AWS_BATCH_JOB_NUM_NODES nodes, then
-#                runs `horovodrun -np TOTAL --hostfile FILE hvd-dqn train --run-dir
-#                RUN_DIR "$@"` and exits with its code (75: stopped with a checkpoint;
-#                Batch retries the job and the same command continues RUN_DIR).
+#   main node    waits until every child node has reported, puts itself first in the
+#                host file, then runs `mpirun -np TOTAL --hostfile FILE hvd-dqn train
+#                --run-dir RUN_DIR "$@"` and exits with the ranks' code (75: stopped with
+#                a checkpoint; Batch retries the job and the same command continues
+#                RUN_DIR). mpirun, not horovodrun: horovodrun turns every failure of
+#                its mpirun, 75 included, into 1.
+# Addresses, one way for every node: the source address of its route towards another
+# node (`ip route get`): a child's towards the main node, the main node's towards the
+# first child that reported (localhost for a job of one node).
+# Stopping (Batch sends SIGTERM to every node's first process, this script, when the job
+# is terminated, and to the child nodes once the main node has exited): the main node passes it to mpirun as
+# SIGUSR1, which Open MPI forwards to every rank (a SIGTERM to mpirun would SIGKILL them
+# 1 s later), waits for their checkpoint, and exits 75; a child node sends SIGTERM to
+# its own ranks (the processes named hvd-dqn; a repeated stop signal is one stop for a
+# rank), stays until they have exited, and exits 0, so that its container does not end
+# under a rank still writing its part of the checkpoint.
 #
 # From AWS Batch: AWS_BATCH_JOB_NODE_INDEX, AWS_BATCH_JOB_MAIN_NODE_INDEX,
 #   AWS_BATCH_JOB_NUM_NODES, AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS (child nodes).
@@ -33,6 +45,8 @@ if [ -z "${SLOTS:-}" ]; then
 fi
 say() { echo "hvd-dqn batch node $NODE/$NODES: $*"; }
 
+# The main node's host file, empty before any child node can reach this node's sshd.
+[ "$NODE" != "$MAIN" ] || : >"$HOSTFILE"
 sshd_pid=
 # shellcheck disable=SC2317  # called by the trap
 stop_sshd() { [ -z "$sshd_pid" ] || kill "$sshd_pid" 2>/dev/null; }
@@ -41,10 +55,19 @@ trap stop_sshd EXIT
 sshd_pid=$!
 
 answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$SSH_PORT" 2>/dev/null; }
+address_towards() { ip -4 route get "$1" | sed -n 's/.* src \([0-9.]*\).*/\1/p'; }
 
 if [ "$NODE" != "$MAIN" ]; then
+  # shellcheck disable=SC2317  # called by the trap
+  stop_ranks() {
+    say "SIGTERM: stopping this node's ranks"
+    pkill -TERM -x hvd-dqn
+    while pgrep -x hvd-dqn >/dev/null; do sleep 1; done
+    exit 0
+  }
+  trap stop_ranks TERM INT
   main=${AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS:?AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS is not set}
-  me=$(ip -4 route get "$main" | sed -n 's/.* src \([0-9.]*\).*/\1/p')
+  me=$(address_towards "$main")
   say "reporting $me slots=$SLOTS to the main node $main"
   deadline=$((SECONDS + NODE_WAIT))
   until ssh -p "$SSH_PORT" "$main" "echo '$me slots=$SLOTS' >>'$HOSTFILE'"; do
@@ -58,25 +81,35 @@ if [ "$NODE" != "$MAIN" ]; then
   exit 0
 fi
 
-me=$(hostname -I | cut -d' ' -f1)
-echo "$me slots=$SLOTS" >"$HOSTFILE"
-say "main node at $me; waiting for $((NODES - 1)) more"
+say "main node; waiting for $((NODES - 1)) more"
 deadline=$((SECONDS + NODE_WAIT))
-while [ "$(wc -l <"$HOSTFILE")" -lt "$NODES" ]; do
+while [ "$(wc -l <"$HOSTFILE")" -lt "$((NODES - 1))" ]; do
   if [ "$SECONDS" -ge "$deadline" ]; then
-    say "only $(wc -l <"$HOSTFILE") of $NODES nodes reported within ${NODE_WAIT}s"
+    say "only $(wc -l <"$HOSTFILE") of $((NODES - 1)) child nodes reported within ${NODE_WAIT}s"
     exit 1
   fi
   sleep 1
 done
+me=localhost
+[ "$NODES" -eq 1 ] || me=$(address_towards "$(head -n 1 "$HOSTFILE" | cut -d' ' -f1)")
+{ echo "$me slots=$SLOTS"; cat "$HOSTFILE"; } >"$HOSTFILE.new" && mv "$HOSTFILE.new" "$HOSTFILE"
 total=$(awk -F'slots=' '{n += $2} END {print n}' "$HOSTFILE")
 say "hosts: $(tr '\n' ' ' <"$HOSTFILE"); $total ranks"
-# In the background so that Batch's SIGTERM (to this script, the container's first
-# process) reaches horovodrun; its ranks then write a checkpoint and exit 75.
-horovodrun -np "$total" --hostfile "$HOSTFILE" -p "$SSH_PORT" \
+# What the ranks on other nodes need from this environment (horovodrun passes it all).
+exports=()
+for name in $(compgen -e); do
+  case $name in
+    PATH | LD_LIBRARY_PATH | PYTHON* | TF_* | HOROVOD_* | NCCL_* | CUDA_*) exports+=(-x "$name") ;;
+  esac
+done
+# In the background, so that Batch's SIGTERM (to this script, the container's first
+# process) runs the trap while the ranks train.
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+  mpirun -np "$total" --hostfile "$HOSTFILE" -bind-to none -map-by slot \
+  -mca plm_rsh_args "-p $SSH_PORT" "${exports[@]}" \
   hvd-dqn train --run-dir "$RUN_DIR" "$@" &
 run=$!
-trap 'kill -TERM "$run" 2>/dev/null' TERM INT
+trap 'say "SIGTERM: stopping the ranks (SIGUSR1 through mpirun)"; kill -USR1 "$run" 2>/dev/null' TERM INT
 while :; do
   wait "$run"
   code=$?

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hvd_dqn.files import atomic_write, read_rows
 
 BIN = Path(sys.executable).parent
 
@@ -58,7 +61,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _write(path: str | None, data: dict[str, Any]) -> None:
     if path:
-        Path(path).write_text(json.dumps(data, indent=2))
+        atomic_write(Path(path), json.dumps(data, indent=2))
         print(f"wrote {path}")
 
 
@@ -211,7 +214,7 @@ def update_worker(out: str | None, fused: int = 4) -> list[dict[str, Any]]:
     rng = np.random.default_rng(world.rank)
     rows = [_time_update_case(case, world, rng, fused) for case in UPDATE_CASES]
     if world.is_chief and out:
-        Path(out).write_text(json.dumps(rows))
+        atomic_write(Path(out), json.dumps(rows))
     distributed.shutdown()
     return rows
 
@@ -268,6 +271,59 @@ def _train_run(np_: int, run_dir: Path, args: list[str]) -> tuple[dict[str, Any]
     return json.loads((run_dir / "summary.json").read_text()), seconds
 
 
+SCALING_COLUMNS = [
+    "ranks",
+    "env_steps",
+    "train_seconds",
+    "env_steps_per_s",
+    "with_warmup",
+    "updates_per_s_all_ranks",
+    "speedup",
+    "speedup_with_warmup",
+    "weak_scaling_efficiency",
+]
+
+
+def _scaling_args(config: str, total_steps: int) -> list[str]:
+    """`hvd-dqn train` arguments of one scaling run: no early stop, one short evaluation
+    at the end, learning from the first step, five log windows."""
+    return [
+        "--config", config,
+        "--total-steps", str(total_steps),
+        "--set", "run.stop_at_return=none",
+        "--set", "run.eval_every=0",
+        "--set", "run.eval_episodes=2",
+        "--set", "learner.learning_starts=0",
+        "--set", f"run.log_every={total_steps // 5}",
+    ]  # fmt: skip
+
+
+def _scaling_row(ranks: int, run: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """One run's throughput: steady (the log windows after the first) and whole-run."""
+    train = read_rows(run, "train")
+    steps = np.diff([row["env_steps"] for row in train])  # windows after the first
+    window_seconds = steps / np.array([row["env_steps_per_s"] for row in train[1:]])
+    seconds = summary["train_seconds"]
+    return {
+        "ranks": ranks,
+        "env_steps": summary["env_steps"],
+        "train_seconds": seconds,
+        "env_steps_per_s": float(steps.sum() / window_seconds.sum()),
+        "with_warmup": summary["env_steps"] / seconds,
+        "updates_per_s_all_ranks": summary["updates"] * ranks / seconds,
+        "allreduce_share": train[-1].get("allreduce_share", 0.0),
+    }
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Each row's speedup over the first row, and its weak scaling efficiency."""
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = r["env_steps_per_s"] / base["env_steps_per_s"]
+        r["speedup_with_warmup"] = r["with_warmup"] / base["with_warmup"]
+        r["weak_scaling_efficiency"] = r["speedup"] / (r["ranks"] / base["ranks"])
+
+
 def bench_scaling(
     json_path: str | None,
     ranks: Sequence[int] = (1, 2),
@@ -284,63 +340,10 @@ def bench_scaling(
     with tempfile.TemporaryDirectory() as tmp:
         for p in ranks:
             run = Path(tmp) / f"np{p}"
-            summary, _ = _train_run(
-                p,
-                run,
-                [
-                    "--config",
-                    config,
-                    "--total-steps",
-                    str(steps_per_rank * p),
-                    "--set",
-                    "run.stop_at_return=none",
-                    "--set",
-                    "run.eval_every=0",
-                    "--set",
-                    "run.eval_episodes=2",
-                    "--set",
-                    "learner.learning_starts=0",
-                    "--set",
-                    f"run.log_every={steps_per_rank * p // 5}",
-                ],
-            )
-            lines = (run / "metrics.jsonl").read_text().splitlines()
-            train = [row for row in map(json.loads, lines) if row["kind"] == "train"]
-            steps = np.diff([row["env_steps"] for row in train])  # windows after the first
-            window_seconds = steps / np.array([row["env_steps_per_s"] for row in train[1:]])
-            seconds = summary["train_seconds"]
-            rows.append(
-                {
-                    "ranks": p,
-                    "env_steps": summary["env_steps"],
-                    "train_seconds": seconds,
-                    "env_steps_per_s": float(steps.sum() / window_seconds.sum()),
-                    "with_warmup": summary["env_steps"] / seconds,
-                    "updates_per_s_all_ranks": summary["updates"] * p / seconds,
-                    "allreduce_share": train[-1].get("allreduce_share", 0.0),
-                }
-            )
-    base = rows[0]
-    for r in rows:
-        r["speedup"] = r["env_steps_per_s"] / base["env_steps_per_s"]
-        r["speedup_with_warmup"] = r["with_warmup"] / base["with_warmup"]
-        r["weak_scaling_efficiency"] = r["speedup"] / (r["ranks"] / base["ranks"])
-    print(
-        _table(
-            rows,
-            [
-                "ranks",
-                "env_steps",
-                "train_seconds",
-                "env_steps_per_s",
-                "with_warmup",
-                "updates_per_s_all_ranks",
-                "speedup",
-                "speedup_with_warmup",
-                "weak_scaling_efficiency",
-            ],
-        )
-    )
+            summary, _ = _train_run(p, run, _scaling_args(config, steps_per_rank * p))
+            rows.append(_scaling_row(p, run, summary))
+    _add_speedups(rows)
+    print(_table(rows, SCALING_COLUMNS))
     result = {
         "bench": "scaling",
         "config": config,
@@ -406,6 +409,42 @@ def bench_solve(
     return result
 
 
+def _efficiency_args(
+    config: str, seed: int, total_steps: int, rule: str, every: int, extra: Sequence[str]
+) -> list[str]:
+    """`hvd-dqn train` arguments of one efficiency run: the whole budget, with the step
+    size rule `rule`, evaluating and logging every `every` env steps."""
+    return [
+        "--config", config, "--seed", str(seed),
+        "--total-steps", str(total_steps),
+        f"--set=learner.lr_scaling={rule}",
+        "--set=run.stop_at_return=none",
+        f"--set=run.eval_every={every}",
+        f"--set=run.log_every={every}",
+        *extra,
+    ]  # fmt: skip
+
+
+def _eval_curve(run: Path) -> list[tuple[int, float]]:
+    """(env steps, greedy mean return) of each evaluation of `run`, in order."""
+    return [(row["env_steps"], row["return_mean"]) for row in read_rows(run, "eval")]
+
+
+def _efficiency_row(ranks: int, rule: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final and mean-over-the-curve returns of the runs of (ranks, rule), over seeds."""
+    mine = [r for r in runs if r["ranks"] == ranks and r["rule"] == rule]
+    finals = [r["evals"][-1][1] for r in mine]
+    areas = [float(np.mean([v for _, v in r["evals"]])) for r in mine]
+    return {
+        "ranks": ranks,
+        "rule": rule if ranks > 1 else "(any)",
+        "seeds": len(mine),
+        "final_mean": float(np.mean(finals)),
+        "final_min": float(np.min(finals)),
+        "curve_mean": float(np.mean(areas)),
+    }
+
+
 def bench_efficiency(
     json_path: str | None,
     ranks: Sequence[int] = (1, 2, 4),
@@ -433,41 +472,9 @@ def bench_efficiency(
         for p, rule in cases:
             for seed in seeds:
                 run = Path(tmp) / f"np{p}-{rule}-seed{seed}"
-                _train_run(
-                    p,
-                    run,
-                    [
-                        "--config", config, "--seed", str(seed),
-                        "--total-steps", str(total_steps),
-                        f"--set=learner.lr_scaling={rule}",
-                        "--set=run.stop_at_return=none",
-                        f"--set=run.eval_every={every}",
-                        f"--set=run.log_every={every}",
-                        *extra,
-                    ],
-                )  # fmt: skip
-                lines = (run / "metrics.jsonl").read_text().splitlines()
-                curve = [
-                    (row["env_steps"], row["return_mean"])
-                    for row in map(json.loads, lines)
-                    if row["kind"] == "eval"
-                ]
-                runs.append({"ranks": p, "rule": rule, "seed": seed, "evals": curve})
-    rows = []
-    for p, rule in cases:
-        mine = [r for r in runs if r["ranks"] == p and r["rule"] == rule]
-        finals = [r["evals"][-1][1] for r in mine]
-        areas = [float(np.mean([v for _, v in r["evals"]])) for r in mine]
-        rows.append(
-            {
-                "ranks": p,
-                "rule": rule if p > 1 else "(any)",
-                "seeds": len(mine),
-                "final_mean": float(np.mean(finals)),
-                "final_min": float(np.min(finals)),
-                "curve_mean": float(np.mean(areas)),
-            }
-        )
+                _train_run(p, run, _efficiency_args(config, seed, total_steps, rule, every, extra))
+                runs.append({"ranks": p, "rule": rule, "seed": seed, "evals": _eval_curve(run)})
+    rows = [_efficiency_row(p, rule, runs) for p, rule in cases]
     print(_table(rows, ["ranks", "rule", "seeds", "final_mean", "final_min", "curve_mean"]))
     result = {
         "bench": "efficiency",
@@ -521,15 +528,17 @@ def _launcher_pid(proc: subprocess.Popen, name: str) -> int:
     return proc.pid
 
 
-def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10) -> dict:
-    """Start a 2-rank (1 for launcher "none") CartPole run, apply `fault` after its first
-    log row, and measure the seconds until no rank is left, the exit code, and the env
-    steps of the checkpoint left behind (0: none; checkpoint_every is 0, so any checkpoint
-    is the one written on the stop)."""
-    import signal
+LAUNCHERS = {
+    "none": [],
+    "horovodrun": [str(BIN / "horovodrun"), "-np", "2"],
+    "horovodrun --gloo": [str(BIN / "horovodrun"), "--gloo", "-np", "2"],
+    "mpirun": ["mpirun", "--allow-run-as-root", "-np", "2"],
+}
 
-    from hvd_dqn.checkpoint import complete
 
+def _start_fault_run(launcher: str, run: Path, stall_timeout: float) -> subprocess.Popen:
+    """A long CartPole run under `launcher`, in its own session, logging every 1,000 env
+    steps and saving a checkpoint only when it stops."""
     train = [
         str(BIN / "hvd-dqn"),
         "train",
@@ -543,59 +552,76 @@ def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10)
         "--set=run.log_every=1000",
         f"--set=run.stall_timeout={stall_timeout}",
     ]
-    prefix = {
-        "none": [],
-        "horovodrun": [str(BIN / "horovodrun"), "-np", "2"],
-        "horovodrun --gloo": [str(BIN / "horovodrun"), "--gloo", "-np", "2"],
-        "mpirun": ["mpirun", "--allow-run-as-root", "-np", "2"],
-    }[launcher]
-    proc = subprocess.Popen(
-        prefix + train,
+    return subprocess.Popen(
+        LAUNCHERS[launcher] + train,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=_quiet_env(),
         start_new_session=True,
     )
+
+
+def _wait_first_row(proc: subprocess.Popen, run: Path, launcher: str) -> None:
+    """Until the run has logged its first row; RuntimeError if it ends or takes 120 s."""
+    deadline = time.monotonic() + 120
+    while not read_rows(run):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{launcher} run did not start: {proc.stderr.read()[-500:]}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+
+
+def _apply_fault(fault: str, launcher: str, proc: subprocess.Popen, ranks: dict[int, int]) -> None:
+    """Send the signal that `fault` names to the ranks, the group or the launcher."""
+    last = ranks[max(ranks)]
+    if fault == "SIGTERM to every rank":
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGTERM)
+    elif fault == "Ctrl-C (SIGINT to the group)":
+        os.killpg(proc.pid, signal.SIGINT)
+    elif fault.endswith("to the launcher") or fault.endswith("of the launcher"):
+        sig = getattr(signal, fault.split()[0])  # "SIGTERM to the launcher" -> SIGTERM
+        os.kill(_launcher_pid(proc, "mpirun") if launcher == "mpirun" else proc.pid, sig)
+    elif fault == "SIGKILL of the last rank":
+        os.kill(last, signal.SIGKILL)
+    elif fault == "SIGSTOP of the last rank":
+        os.kill(last, signal.SIGSTOP)
+
+
+def _kill_leftovers(proc: subprocess.Popen, run: Path) -> None:
+    """SIGKILL whatever of the run is still there: ranks, then the launcher's group."""
+    for pid in rank_pids(run).values():
+        os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10) -> dict:
+    """Start a 2-rank (1 for launcher "none") CartPole run, apply `fault` after its first
+    log row, and measure the seconds until no rank is left, the exit code, and the env
+    steps of the checkpoint left behind (0: none; checkpoint_every is 0, so any checkpoint
+    is the one written on the stop)."""
+    from hvd_dqn.checkpoint import complete
+
+    proc = _start_fault_run(launcher, run, stall_timeout)
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{launcher} run did not start: {proc.stderr.read()[-500:]}")  # type: ignore[union-attr]
-            time.sleep(0.05)
+        _wait_first_row(proc, run, launcher)
         ranks = rank_pids(run)
-        last = ranks[max(ranks)]
-        name = "mpirun" if launcher != "none" else ""
         t0 = time.monotonic()
-        if fault == "SIGTERM to every rank":
-            for pid in ranks.values():
-                os.kill(pid, signal.SIGTERM)
-        elif fault == "Ctrl-C (SIGINT to the group)":
-            os.killpg(proc.pid, signal.SIGINT)
-        elif fault.endswith("to the launcher") or fault.endswith("of the launcher"):
-            sig = getattr(signal, fault.split()[0])  # "SIGTERM to the launcher" -> SIGTERM
-            os.kill(_launcher_pid(proc, name) if launcher == "mpirun" else proc.pid, sig)
-        elif fault == "SIGKILL of the last rank":
-            os.kill(last, signal.SIGKILL)
-        elif fault == "SIGSTOP of the last rank":
-            os.kill(last, signal.SIGSTOP)
+        _apply_fault(fault, launcher, proc, ranks)
         while rank_pids(run) and time.monotonic() - t0 < 120:
             time.sleep(0.02)
         seconds = time.monotonic() - t0
         code = proc.wait(timeout=60)
     finally:
-        for pid in rank_pids(run).values():
-            os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(proc, run)
     saved = complete(run)
-    rows = (run / "metrics.jsonl").read_text().splitlines()
     return {
         "launcher": launcher,
         "fault": fault,
         "seconds_to_exit": round(seconds, 2),
         "exit_code": code,
-        "logged_env_steps": json.loads(rows[-1])["env_steps"],
+        "logged_env_steps": read_rows(run)[-1]["env_steps"],
         "checkpoint_env_steps": saved[-1] if saved else 0,
     }
 

@@ -1,7 +1,6 @@
-"""A run's mutable state, and its checkpoints: the one place a run is saved and restored.
+"""Checkpoints: the one place a run is saved and restored.
 
-`TrainState` holds everything the training loop changes as it goes. A checkpoint is
-that object on disk, so a run killed at any point restarts from its newest checkpoint
+A checkpoint is the run's `TrainState` (state.py) on disk, so a run killed at any point restarts from its newest checkpoint
 as if it had never stopped (bit-identical with `run.deterministic`, same world size).
 
 On disk (Dopamine's checkpointer is the model: a marker written last):
@@ -51,15 +50,16 @@ import os
 import re
 import shutil
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hvd_dqn.envs import load_envs, save_envs
-from hvd_dqn.replay import Replay, rng_state, set_rng_state
+from hvd_dqn.files import atomic_write
+from hvd_dqn.replay import rng_state, set_rng_state
+from hvd_dqn.state import TrainState, Window
 
 FORMAT = "hvd_dqn-checkpoint-1"
 _NAME = re.compile(r"^ckpt-(\d+)$")
@@ -68,102 +68,6 @@ _PARTIAL = re.compile(r"^ckpt-\d+\.partial$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read; the message names the file."""
-
-
-@dataclass
-class Window:
-    """Counters between two log points (this rank only, until averaged)."""
-
-    start: float = field(default_factory=time.perf_counter)
-    env_steps: int = 0  # all ranks together
-    episodes: int = 0
-    return_sum: float = 0.0
-    length_sum: float = 0.0
-    updates: int = 0
-    update_seconds: float = 0.0
-    loss_sum: float = 0.0
-    q_sum: float = 0.0
-    calls: int = 0
-
-    _SAVED = (
-        "env_steps",
-        "episodes",
-        "return_sum",
-        "length_sum",
-        "updates",
-        "loss_sum",
-        "q_sum",
-        "calls",
-        "update_seconds",
-    )
-
-    def to_array(self) -> np.ndarray:
-        """The counters, and the seconds elapsed so far, as one float64 vector."""
-        values = [getattr(self, k) for k in self._SAVED]
-        return np.array([*values, time.perf_counter() - self.start], dtype=np.float64)
-
-    @classmethod
-    def from_array(cls, a: np.ndarray) -> Window:
-        w = cls(start=time.perf_counter() - float(a[-1]))
-        for k, v in zip(cls._SAVED, a[:-1].tolist(), strict=True):
-            setattr(w, k, type(getattr(w, k))(v))
-        return w
-
-
-@dataclass
-class TrainState:
-    """All the mutable state of a run: what a checkpoint saves and restores.
-
-    Shared (identical on every rank): the learner's variables, `env_steps`,
-    `update_debt`, `learn_from`, `solved_at`, `wall_seconds`. This rank's own: its
-    replay, envs, current observations, acting RNG, episodes in progress, and the
-    counters of the current log window.
-    """
-
-    learner: Any  # hvd_dqn.learner.Learner (its tf.Variables: `learner.state`)
-    replay: Replay
-    envs: Any  # gymnasium VectorEnv
-    obs: np.ndarray  # [E, ...] the observations the next actions are taken in
-    rng: np.random.Generator  # epsilon-greedy draws
-    env_id: str  # which envs (envs.save_envs saves those it can restore exactly)
-    env_steps: int = 0  # all ranks together
-    update_debt: float = 0.0  # updates owed by replay_ratio, paid K at a time
-    learn_from: int = 0  # env steps (all ranks) from which updates start
-    solved_at: int | None = None  # env step of the evaluation that reached stop_at_return
-    wall_seconds: float = 0.0  # training wall-clock of earlier attempts (for metrics)
-    ep_return: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [E] raw, so far
-    ep_length: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    prev_ended: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    lives: np.ndarray | None = None  # [E] Atari lives at the last step
-    window: Window = field(default_factory=Window)
-
-    _SHARED = ("env_steps", "update_debt", "learn_from", "solved_at", "wall_seconds")
-
-    def shared(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._SHARED}
-
-    def set_shared(self, values: dict[str, Any]) -> None:
-        for k in self._SHARED:
-            setattr(self, k, values[k])
-
-    def rank_part(self, save_replay: bool) -> dict[str, np.ndarray]:
-        """This rank's own state as named arrays (for rank-R.npz)."""
-        out: dict[str, np.ndarray] = {
-            "rng": rng_state(self.rng),
-            "obs": self.obs,
-            "ep_return": self.ep_return,
-            "ep_length": self.ep_length,
-            "prev_ended": self.prev_ended,
-            "window": self.window.to_array(),
-        }
-        if self.lives is not None:
-            out["lives"] = self.lives
-        if save_replay:
-            out.update({f"replay/{k}": v for k, v in self.replay.state().items()})
-            envs = save_envs(self.envs, self.env_id)
-            if envs is not None:  # else episodes in progress are cut at a restore
-                out["envs"] = np.frombuffer(envs, dtype=np.uint8)
-        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,21 +114,12 @@ def clean(run_dir: Path, keep: int) -> None:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """The .npz built in memory, then written through a temporary name, fsynced and
-    renamed: all or nothing. (Built in memory so that a full disk fails in one plain
-    write, not halfway through numpy's zip writer.)"""
+    """The .npz built in memory, then written all or nothing, fsynced (built in memory
+    so that a full disk fails in one plain write, not halfway through numpy's zip
+    writer)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getbuffer(), durable=True)
 
 
 def begin(run_dir: Path, step: int) -> Path:
@@ -241,21 +136,37 @@ def write_learner(partial: Path, learner: Any) -> None:
     _write_npz(partial / "learner.npz", arrays)
 
 
+def rank_part(state: TrainState, save_replay: bool) -> dict[str, np.ndarray]:
+    """This rank's own state as named arrays (rank-R.npz)."""
+    actor = state.actor
+    out: dict[str, np.ndarray] = {
+        "rng": rng_state(actor.rng),
+        "obs": actor.obs,
+        "ep_return": actor.ep_return,
+        "ep_length": actor.ep_length,
+        "prev_ended": actor.prev_ended,
+        "window": state.window.to_array(),
+    }
+    if actor.lives is not None:
+        out["lives"] = actor.lives
+    if save_replay:
+        out.update({f"replay/{k}": v for k, v in state.replay.state().items()})
+        envs = save_envs(actor.envs, actor.cfg.id)
+        if envs is not None:  # else episodes in progress are cut at a restore
+            out["envs"] = np.frombuffer(envs, dtype=np.uint8)
+    return out
+
+
 def write_rank(partial: Path, rank: int, state: TrainState, save_replay: bool) -> None:
     """Every rank: its own rank-R.npz."""
-    _write_npz(partial / f"rank-{rank}.npz", state.rank_part(save_replay))
+    _write_npz(partial / f"rank-{rank}.npz", rank_part(state, save_replay))
 
 
 def finish(partial: Path, state: TrainState, world_size: int, keep: int, extra: dict) -> Path:
     """Rank 0, after every rank wrote its file: state.json last, then the rename that
     makes the checkpoint visible; then the oldest ones beyond `keep` go."""
     meta = {"format": FORMAT, "world_size": world_size, **state.shared(), **extra}
-    tmp = partial / "state.json.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(meta, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, partial / "state.json")
+    atomic_write(partial / "state.json", json.dumps(meta, indent=2), durable=True)
     final = partial.with_name(partial.name.removesuffix(".partial"))
     if final.exists():  # a checkpoint of the same step from an earlier attempt
         shutil.rmtree(final)
@@ -324,7 +235,8 @@ def load_rank(state: TrainState, part: dict[str, np.ndarray]) -> bool:
     """Put this rank's saved part back into `state`. Returns True when the envs were
     restored mid-episode, False when they must restart (then the replay's open
     episodes are cut and the caller resets the envs)."""
-    set_rng_state(state.rng, part["rng"])
+    actor = state.actor
+    set_rng_state(actor.rng, part["rng"])
     state.window = Window.from_array(part["window"])
     replay = {k.split("/", 1)[1]: v for k, v in part.items() if k.startswith("replay/")}
     state.replay.load_state(replay)
@@ -334,13 +246,13 @@ def load_rank(state: TrainState, part: dict[str, np.ndarray]) -> bool:
         except Exception as exc:
             print(f"hvd-dqn: warning: envs not restored ({exc}); episodes restart", file=sys.stderr)
         else:
-            state.envs.close()
-            state.envs = envs
-            state.obs = part["obs"]
-            state.ep_return = part["ep_return"]
-            state.ep_length = part["ep_length"]
-            state.prev_ended = part["prev_ended"]
-            state.lives = part.get("lives")
+            actor.close()
+            actor.envs = envs
+            actor.obs = part["obs"]
+            actor.ep_return = part["ep_return"]
+            actor.ep_length = part["ep_length"]
+            actor.prev_ended = part["prev_ended"]
+            actor.lives = part.get("lives")
             return True
     state.replay.cut_episodes(part["obs"])
     return False
@@ -375,9 +287,7 @@ def save(run_dir: Path, state: TrainState, world: Any, cfg: Any, save_replay: bo
 
         return run
 
-    distributed.run_collectively(
-        guarded(lambda: begin(run_dir, step) if world.is_chief else None), where
-    )
+    distributed.on_chief(guarded(lambda: begin(run_dir, step)), where, world)
 
     def write() -> None:
         if world.is_chief:
@@ -386,15 +296,9 @@ def save(run_dir: Path, state: TrainState, world: Any, cfg: Any, save_replay: bo
 
     distributed.run_collectively(guarded(write), where)
     extra = {"replay_saved": save_replay}
-    distributed.run_collectively(
-        guarded(
-            lambda: (
-                finish(partial, state, world.size, cfg.run.keep_checkpoints, extra)
-                if world.is_chief
-                else None
-            )
-        ),
-        where,
+    keep = cfg.run.keep_checkpoints
+    distributed.on_chief(
+        guarded(lambda: finish(partial, state, world.size, keep, extra)), where, world
     )
 
 

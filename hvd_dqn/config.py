@@ -117,7 +117,14 @@ class LearnerConfig:
     adam_eps: float = _f(1e-8, lo=0.0, hi=1.0, lo_open=True)
     """Adam epsilon (Atari DQN commonly uses 1.5e-4)."""
     batch_size: int = _f(64, lo=1)
-    """Transitions per update per rank; the global batch is batch_size * ranks."""
+    """Transitions per update: per rank, or for all ranks together (batch_scope)."""
+    batch_scope: str = _f("rank", choices=("rank", "global"))
+    """rank: every rank samples batch_size and makes replay_ratio updates per env step of
+    its own, so p ranks update on a batch p times as large, p times less often per env
+    step (lr_scaling raises the learning rate to make up). global: batch_size is the
+    batch of all ranks together, each rank samples its share batch_size / p, and the
+    ranks make replay_ratio updates per env step of all ranks: the 1-process algorithm,
+    sample for sample, with the sampling spread over the ranks' replays."""
     max_grad_norm: float = _f(10.0, lo=0.0)
     """Clip the averaged gradient to this global norm (0: off)."""
     huber_delta: float = _f(1.0, lo=0.0, lo_open=True)
@@ -131,7 +138,8 @@ class LearnerConfig:
     learning_starts: int = _f(1_000, lo=0)
     """Env steps (all ranks) before the first update."""
     replay_ratio: float = _f(0.25, lo=0.0, lo_open=True)
-    """Updates per env step on each rank (0.25: one update every 4 steps)."""
+    """Updates per env step (0.25: one update every 4 steps): of each rank's own env
+    steps with batch_scope rank, of all ranks' together with batch_scope global."""
     updates_per_call: int = _f(1, lo=1, hi=64)
     """Updates fused into one compiled call (fewer Python round trips)."""
     fp16_allreduce: bool = False
@@ -394,6 +402,16 @@ def validate(cfg: Config) -> None:
             f"config field run.run_dir={shorten(cfg.run.run_dir)!r}: too long (a path may "
             f"have {PATH_MAX - 1} bytes, each name in it {NAME_MAX})"
         )
+    if cfg.learner.batch_scope == "global" and cfg.learner.lr_scaling != "none":
+        raise ConfigError(
+            f"config field learner.lr_scaling={cfg.learner.lr_scaling}: must be none with "
+            f"learner.batch_scope=global (the global batch does not grow with the ranks)"
+        )
+    if cfg.learner.batch_scope == "global" and cfg.run.elastic:
+        raise ConfigError(
+            "config field learner.batch_scope=global: not supported with run.elastic "
+            "(the share of each rank would change with the world); use batch_scope rank"
+        )
     if cfg.run.stop_at_return is not None and not math.isfinite(cfg.run.stop_at_return):
         raise ConfigError(
             f"config field run.stop_at_return={cfg.run.stop_at_return}: must be a finite number"
@@ -460,6 +478,28 @@ def scaled_lr(cfg: LearnerConfig, world_size: int) -> float:
     """
     factor = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
     return cfg.lr * factor[cfg.lr_scaling]
+
+
+def rank_batch(cfg: LearnerConfig, world_size: int) -> int:
+    """Transitions each rank samples per update: batch_size (batch_scope rank) or its
+    share batch_size / p (global; ConfigError unless p divides it, so that the ranks'
+    mean gradient is the gradient of the whole batch)."""
+    if cfg.batch_scope == "rank":
+        return cfg.batch_size
+    if cfg.batch_size % world_size:
+        raise ConfigError(
+            f"config field learner.batch_size={cfg.batch_size}: with batch_scope global it "
+            f"must be a multiple of the {world_size} ranks (each samples an equal share)"
+        )
+    return cfg.batch_size // world_size
+
+
+def updates_per_iteration(cfg: LearnerConfig, num_envs: int, world_size: int) -> float:
+    """Updates owed per loop iteration (num_envs env steps on each of p ranks):
+    replay_ratio x num_envs (batch_scope rank: per env step of each rank) or
+    replay_ratio x num_envs x p (global: per env step of all ranks, as one process)."""
+    steps = num_envs * (world_size if cfg.batch_scope == "global" else 1)
+    return steps * cfg.replay_ratio
 
 
 def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:

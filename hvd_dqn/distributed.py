@@ -112,13 +112,63 @@ def choose_gpu(num_visible: int, local_rank: int) -> int | None:
     return local_rank
 
 
-def cpu_threads_per_rank(num_cpus: int, local_size: int) -> int:
-    """TensorFlow intra-op threads for one rank: the host's cores shared by its ranks.
+def cpu_threads_per_rank(affinity: int, allowed: int, local_size: int) -> int:
+    """TensorFlow intra-op threads for one rank: the CPUs it may run on, shared with no
+    other rank of this job.
 
-    Two ranks with default threads on 2 cores ran 3x slower than with one thread each
-    (docs: ../shared/notes/stack.md), so the cores are divided, never oversubscribed.
+    affinity: CPUs in this process's affinity set (`os.sched_getaffinity`).
+    allowed: CPUs its host, container or SLURM step allows at all (`allowed_cpus`).
+    local_size: this job's ranks on this host.
+    An affinity set as large as what is allowed was not narrowed for this rank (mpirun
+    -bind-to none, horovodrun, srun without task binding, a container with several
+    ranks): the host's ranks share it, so each takes its part. A smaller set is the
+    share the launcher already gave this task (srun binding each task to its
+    --cpus-per-task CPUs, taskset): it is used as it is, not divided again. Two ranks
+    with default threads on 2 cores ran 3x slower than with one thread each (docs:
+    ../shared/notes/stack.md), so a shared set is divided, never oversubscribed.
     """
-    return max(1, num_cpus // max(1, local_size))
+    if affinity >= allowed:
+        return max(1, affinity // max(1, local_size))
+    return max(1, affinity)
+
+
+def cpu_list_size(text: str) -> int:
+    """The number of CPUs in a Linux CPU list: "0-3,8,10-11" is 7, "" is 0."""
+    count = 0
+    for part in text.strip().split(","):
+        if part:
+            low, _, high = part.partition("-")
+            count += int(high or low) - int(low) + 1
+    return count
+
+
+def allowed_cpus(cgroup_file: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process's cpuset cgroup allows (a container's cpuset, a SLURM step's
+    under task/cgroup), or the host's when there is none to read."""
+    try:
+        with open(cgroup_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpuset" in controllers.split(","):  # cgroup v1
+            candidates += [
+                f"{root}/cpuset{path}/cpuset.effective_cpus",
+                f"{root}/cpuset{path}/cpuset.cpus",
+            ]
+        elif controllers == "":  # cgroup v2
+            candidates.append(f"{root}{path}/cpuset.cpus.effective")
+    for name in candidates:
+        try:
+            with open(name) as f:
+                count = cpu_list_size(f.read())
+        except (OSError, ValueError):
+            continue
+        if count > 0:
+            return count
+    return os.cpu_count() or 1
 
 
 def usable_cpus() -> int:
@@ -148,20 +198,21 @@ def local_ranks(environ: Mapping[str, str]) -> int:
     return int(local) if local and local.isdigit() else 1
 
 
-def runtime_defaults(environ: Mapping[str, str], num_cpus: int) -> dict[str, str]:
+def runtime_defaults(environ: Mapping[str, str], cpus_per_rank: int) -> dict[str, str]:
     """Horovod and Open MPI settings to use where the user has not set them.
 
     HOROVOD_CYCLE_TIME=0.01 (ms): Horovod's background thread starts a coordination
     round at most this long after a tensor is ready (default 1 ms). A DQN update is
     ~1 ms, so the default cycle nearly doubled each update; measured on 2 cores.
-    OMPI_MCA_mpi_yield_when_idle=1 when the host's ranks and their Horovod threads
-    outnumber its cores: a rank waiting in MPI then yields the core instead of spinning
-    on it while the other rank on that core still computes (3x faster here).
+    OMPI_MCA_mpi_yield_when_idle=1 when a rank and its Horovod thread outnumber the
+    CPUs it has (`cpus_per_rank`, from cpu_threads_per_rank): a rank waiting in MPI then
+    yields the core instead of spinning on it while the other rank on that core still
+    computes (3x faster here).
     """
     out: dict[str, str] = {}
     if "HOROVOD_CYCLE_TIME" not in environ:
         out["HOROVOD_CYCLE_TIME"] = "0.01"
-    if "OMPI_MCA_mpi_yield_when_idle" not in environ and 2 * local_ranks(environ) > num_cpus:
+    if "OMPI_MCA_mpi_yield_when_idle" not in environ and cpus_per_rank < 2:
         out["OMPI_MCA_mpi_yield_when_idle"] = "1"
     return out
 
@@ -183,12 +234,14 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
 
     comm: an mpi4py communicator to run Horovod on (default: COMM_WORLD under MPI).
     expect_size: the number of processes the user says were started.
-    threads: intra-op threads per rank (default: this host's cores / its ranks).
+    threads: intra-op threads per rank (default: the CPUs this rank has to itself, see
+    cpu_threads_per_rank).
     Must run before TensorFlow creates any tensor (device and thread settings are fixed
     at TensorFlow's first use).
     """
     global _comm
-    os.environ.update(runtime_defaults(os.environ, usable_cpus()))  # read by hvd.init
+    share = cpu_threads_per_rank(usable_cpus(), allowed_cpus(), local_ranks(os.environ))
+    os.environ.update(runtime_defaults(os.environ, share))  # read by hvd.init
     # Horovod: start the background thread that coordinates collectives. With an mpi4py
     # communicator, Horovod's world is that communicator (e.g. a split of COMM_WORLD).
     hvd.init(comm=comm)
@@ -211,8 +264,9 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     if index is not None:
         tf.config.set_visible_devices(gpus[index], "GPU")
         tf.config.experimental.set_memory_growth(gpus[index], True)
-    # Horovod: ranks on one host share its cores; give each its share of threads.
-    n = threads or cpu_threads_per_rank(usable_cpus(), hvd.local_size())
+    # Horovod: ranks on one host share its cores; give each its share of threads (once:
+    # a CPU set srun already narrowed to this task is its share).
+    n = threads or cpu_threads_per_rank(usable_cpus(), allowed_cpus(), hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(n)
     tf.config.threading.set_inter_op_parallelism_threads(1)  # small graphs: 1 is fastest
 
@@ -402,6 +456,14 @@ def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
     return dict(zip(keys, vec.tolist(), strict=True))
 
 
+def max_over_ranks(value: float) -> float:
+    """The largest of every rank's `value` (collective)."""
+    if hvd.size() == 1:
+        return value
+    # Horovod: allreduce-max of one scalar.
+    return float(hvd.allreduce(tf.constant(value, dtype=tf.float64), op=hvd.Max).numpy())
+
+
 def any_rank(flag: bool) -> bool:
     """A collective yes/no: True on every rank if it is True on at least one."""
     return bool(vote([int(flag)])[0])
@@ -462,6 +524,13 @@ def run_collectively(fn: Callable[[], T], what: str) -> T:
             line = f"{what} failed on {len(failed)} of {len(errors)} ranks: {parts}"
         raise WorldError(line, usage=usage)
     return result  # type: ignore[return-value]
+
+
+def on_chief(fn: Callable[[], T], what: str, world: World) -> T | None:
+    """`fn` on rank 0 alone (None on the other ranks), collectively: a failure there (a
+    full disk, a bad directory) ends every rank with one line instead of leaving the
+    others waiting (run_collectively)."""
+    return run_collectively(lambda: fn() if world.is_chief else None, what)
 
 
 # Exceptions that mean bad input (exit 2): by name, so this module needs no other import.

@@ -7,7 +7,7 @@ Shapes in comments: B batch, A actions, N steps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -103,12 +103,15 @@ def polyak(target: Sequence[tf.Variable], online: Sequence[tf.Variable], tau: fl
         t.assign(o if tau == 1.0 else tau * o + (1.0 - tau) * t)
 
 
-def importance_weights(probs: np.ndarray, size: int, beta: float) -> np.ndarray:
+def importance_weights(
+    probs: np.ndarray, size: int, beta: float, batch_max: Callable[[float], float] = float
+) -> np.ndarray:
     """PER's importance-sampling weights w_i = (size * P(i))^-beta / max_j w_j.
 
     Schaul et al. 2016, section 3.4: they undo the bias of sampling transition i with
     probability P(i) instead of 1/size; normalized by the batch's largest weight so
-    they only ever scale the loss down.
+    they only ever scale the loss down. `batch_max` maps this sample's largest weight to
+    the batch's (a global batch sampled in shares: the largest over all ranks).
     """
     w = (size * probs) ** (-beta)
-    return (w / w.max()).astype(np.float32)
+    return (w / batch_max(float(w.max()))).astype(np.float32)

@@ -143,6 +143,10 @@ class Learner(tf.Module):
         """Everything that must match across ranks: weights, optimizer, update count."""
         return [*self.online.weights, *self.target.weights, *self.optimizer.state, self.updates]
 
+    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
+        """argmax_a Q(obs, a) of the online network, for a batch of observations [B]."""
+        return self.greedy(obs).numpy()
+
     def _greedy(self, obs: tf.Tensor) -> tf.Tensor:
         return tf.argmax(self.online(obs), axis=1, output_type=tf.int32)  # [B]
 

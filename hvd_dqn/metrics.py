@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 from tqdm import tqdm
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` so a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunLog:

@@ -13,18 +13,16 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from hvd_dqn.config import ConfigError, load
+from hvd_dqn.files import read_rows
 
 
 def _rows(run: Path) -> dict[str, list[dict]]:
     """A run's metrics.jsonl rows by kind: {"train": [...], "eval": [...]}."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
+    if not (run / "metrics.jsonl").exists():
         raise ConfigError(f"{run}: not a run directory (no metrics.jsonl)")
     rows: dict[str, list[dict]] = {"train": [], "eval": []}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows.setdefault(row["kind"], []).append(row)
+    for row in read_rows(run):
+        rows.setdefault(row["kind"], []).append(row)
     return rows
 
 

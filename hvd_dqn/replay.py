@@ -21,10 +21,13 @@ still in the ring: oldest + k - 1 <= t <= newest - n.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from hvd_dqn.config import ConfigError
 from hvd_dqn.dqn import importance_weights, n_step_returns
 
 
@@ -111,6 +114,33 @@ def replay_bytes(
     frame = int(np.prod(frame_shape)) * np.dtype(obs_dtype).itemsize
     tree = 2 * SumTree.leaves_for(slots) * 8 if prioritized else 0
     return slots * (frame + 4 + 4 + 3 + 4) + tree
+
+
+_USE_MEMORY = 0.8  # a rank's replay may take at most this share of its host's free memory
+
+
+def check_replay_fits(need: int, capacity: int, ranks_here: int) -> int:
+    """`need`, the replay's bytes per rank (replay_bytes); ConfigError before allocation
+    when this host's ranks together would need more than 80 % of its available memory."""
+    free = _available_memory()
+    if free and need * ranks_here > _USE_MEMORY * free:
+        raise ConfigError(
+            f"config field replay.capacity={capacity}: the replay needs {need / 2**30:.1f} GiB "
+            f"per rank x {ranks_here} ranks on this host, more than 80 % of its "
+            f"{free / 2**30:.1f} GiB available memory"
+        )
+    return need
+
+
+def _available_memory() -> int:
+    """MemAvailable of this host in bytes (0 if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class Replay:
@@ -243,8 +273,11 @@ class Replay:
             times, lanes = np.concatenate([times, t[keep]]), np.concatenate([lanes, e[keep]])
         return times[:batch_size], lanes[:batch_size]
 
-    def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
-        """A batch of n-step transitions (prioritized: with importance weights at beta)."""
+    def sample(
+        self, batch_size: int, beta: float = 0.4, batch_max: Callable[[float], float] = float
+    ) -> Batch:
+        """A batch of n-step transitions (prioritized: with importance weights at beta,
+        normalized by `batch_max` of their largest: see dqn.importance_weights)."""
         lo, hi = self._bounds()
         if hi < lo:
             raise ValueError("replay holds no complete transition yet")
@@ -261,7 +294,7 @@ class Replay:
             if (prio <= 0).any():  # float round-off at a slice edge: take a valid pick
                 leaves = np.where(prio > 0, leaves, leaves[np.argmax(prio)])
                 prio = self.tree.get(leaves)
-            weights = importance_weights(prio / total, len(self), beta)
+            weights = importance_weights(prio / total, len(self), beta, batch_max)
             slots, lanes = leaves // self.num_envs, leaves % self.num_envs
             newest_slot = (self.t - 1) % self.lane
             # slot -> absolute time: the latest time <= t - 1 stored in that slot

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from hvd_dqn.files import read_rows
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,11 +131,7 @@ def kill_all(pattern: str) -> None:
 
 def logged_steps(run: Path, kind: str = "train") -> list[int]:
     """The env steps of run's metrics.jsonl rows of `kind` (train or eval), in order."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [row["env_steps"] for row in rows if row["kind"] == kind]
+    return [row["env_steps"] for row in read_rows(run, kind)]
 
 
 def checkpoints(run: Path) -> list[int]:

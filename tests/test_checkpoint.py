@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from hvd_dqn import checkpoint
+from hvd_dqn.files import read_rows
 from hvd_dqn.replay import Replay
 
 # -- the replay's state --------------------------------------------------------------------
@@ -121,7 +122,7 @@ def _train_args(run: Path, steps: int) -> list[str]:
 
 
 def _rows(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_rows(run)
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
@@ -131,6 +132,7 @@ def _learner(run: Path, step: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.distributed
+@pytest.mark.compat
 @pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])
 def test_a_run_killed_with_sigkill_resumes_bit_identical(tmp_path: Path, np_: int) -> None:
     steps = 8000

@@ -121,3 +121,24 @@ def test_learning_rate_scaling_rules() -> None:
     assert scaled_lr(LearnerConfig(lr=1e-3), 8) == 1e-3
     assert scaled_lr(LearnerConfig(lr=1e-3, lr_scaling="linear"), 8) == pytest.approx(8e-3)
     assert scaled_lr(LearnerConfig(lr=1e-3, lr_scaling="sqrt"), 4) == pytest.approx(2e-3)
+
+
+def test_global_batch_shares_and_update_rates() -> None:
+    from hvd_dqn.config import rank_batch, updates_per_iteration
+
+    per_rank = load("cartpole").learner  # batch 128, replay_ratio 0.5
+    shared = load("cartpole", ["learner.batch_scope=global"]).learner
+    assert (rank_batch(per_rank, 4), rank_batch(shared, 4)) == (128, 32)
+    assert (updates_per_iteration(per_rank, 8, 4), updates_per_iteration(shared, 8, 4)) == (4, 16)
+    with pytest.raises(
+        ConfigError,
+        match="batch_size=128: with batch_scope global it must be a multiple of the 3 ranks",
+    ):
+        rank_batch(shared, 3)
+    with pytest.raises(
+        ConfigError,
+        match=r"learner\.lr_scaling=sqrt: must be none with learner\.batch_scope=global",
+    ):
+        load("cartpole", ["learner.batch_scope=global", "learner.lr_scaling=sqrt"])
+    with pytest.raises(ConfigError, match=r"batch_scope=global: not supported with run\.elastic"):
+        load("cartpole", ["learner.batch_scope=global", "run.elastic=true"])

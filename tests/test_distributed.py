@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,11 +34,42 @@ def test_choose_gpu_too_few_gpus_is_a_clear_error() -> None:
         choose_gpu(2, local_rank=2)
 
 
-def test_cpu_threads_divide_the_cores_among_local_ranks() -> None:
-    assert cpu_threads_per_rank(2, 2) == 1
-    assert cpu_threads_per_rank(2, 1) == 2
-    assert cpu_threads_per_rank(64, 8) == 8
-    assert cpu_threads_per_rank(2, 8) == 1  # never zero
+def test_cpu_threads_divide_a_shared_cpu_set_among_local_ranks() -> None:
+    # (affinity, allowed, local ranks): the affinity set is all the host (or container,
+    # or SLURM step) allows, so the host's ranks share it.
+    assert cpu_threads_per_rank(2, 2, 2) == 1
+    assert cpu_threads_per_rank(2, 2, 1) == 2
+    assert cpu_threads_per_rank(64, 64, 8) == 8
+    assert cpu_threads_per_rank(2, 2, 8) == 1  # never zero
+    assert cpu_threads_per_rank(8, 8, 4) == 2  # a container's cpuset of 8 for 4 ranks
+
+
+def test_cpu_threads_take_a_cpu_set_srun_gave_the_task_as_it_is() -> None:
+    # `sbatch -N 2 --ntasks-per-node=4 --cpus-per-task=4` on 16-core nodes, srun binding
+    # each task to its 4 CPUs: 4 threads per rank, not 4 / 4 local ranks = 1.
+    assert cpu_threads_per_rank(4, 16, 4) == 4
+    assert cpu_threads_per_rank(1, 64, 8) == 1
+    assert cpu_threads_per_rank(6, 64, 1) == 6  # taskset -c 0-5
+
+
+def test_allowed_cpus_reads_the_cpuset_cgroup(tmp_path: Path) -> None:
+    from hvd_dqn.distributed import allowed_cpus, cpu_list_size
+
+    assert cpu_list_size("0-3,8,10-11\n") == 7
+    assert cpu_list_size("5") == 1
+    assert cpu_list_size("") == 0
+    v1 = tmp_path / "v1"
+    (v1 / "cpuset" / "slurm" / "job_7").mkdir(parents=True)
+    (v1 / "cpuset" / "slurm" / "job_7" / "cpuset.effective_cpus").write_text("0-7\n")
+    (tmp_path / "cgroup-v1").write_text("9:memory:/slurm/job_7\n5:cpuset:/slurm/job_7\n")
+    assert allowed_cpus(str(tmp_path / "cgroup-v1"), str(v1)) == 8
+    v2 = tmp_path / "v2"
+    (v2 / "docker" / "abc").mkdir(parents=True)
+    (v2 / "docker" / "abc" / "cpuset.cpus.effective").write_text("2-3\n")
+    (tmp_path / "cgroup-v2").write_text("0::/docker/abc\n")
+    assert allowed_cpus(str(tmp_path / "cgroup-v2"), str(v2)) == 2
+    # Nothing to read: the host's CPUs.
+    assert allowed_cpus(str(tmp_path / "missing"), str(v2)) == os.cpu_count()
 
 
 @pytest.mark.parametrize(
@@ -67,6 +99,7 @@ def _results(out: Path) -> list[dict]:
 
 
 @pytest.mark.distributed
+@pytest.mark.compat
 @pytest.mark.parametrize("gloo", [False, True], ids=["mpi", "gloo"])
 def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bool) -> None:
     proc = horovodrun(
@@ -159,13 +192,14 @@ def test_runtime_defaults_respect_the_user_and_the_cores() -> None:
     from hvd_dqn.distributed import runtime_defaults
 
     two_ranks = {"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
-    assert runtime_defaults(two_ranks, num_cpus=2) == {
+    # One CPU per rank: the rank and its Horovod thread share it.
+    assert runtime_defaults(two_ranks, cpus_per_rank=1) == {
         "HOROVOD_CYCLE_TIME": "0.01",
         "OMPI_MCA_mpi_yield_when_idle": "1",
     }
-    assert runtime_defaults(two_ranks, num_cpus=8) == {"HOROVOD_CYCLE_TIME": "0.01"}
+    assert runtime_defaults(two_ranks, cpus_per_rank=4) == {"HOROVOD_CYCLE_TIME": "0.01"}
     user = {**two_ranks, "HOROVOD_CYCLE_TIME": "5", "OMPI_MCA_mpi_yield_when_idle": "0"}
-    assert runtime_defaults(user, num_cpus=2) == {}
+    assert runtime_defaults(user, cpus_per_rank=1) == {}
 
 
 def test_the_ranks_on_this_host_are_read_from_every_launcher() -> None:

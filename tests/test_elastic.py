@@ -8,6 +8,7 @@ Assertions read resets.jsonl, the row rank 0 writes at the start and at every re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -17,12 +18,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import BIN, ROOT, logged_steps, quiet_env
+from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env
 
 from hvd_dqn.config import load
 
-pytestmark = [pytest.mark.distributed, pytest.mark.elastic]
+pytestmark = [pytest.mark.distributed, pytest.mark.elastic, pytest.mark.cluster]
 LEARNING_STARTS = load("cartpole", []).learner.learning_starts
 
 
@@ -108,9 +110,18 @@ def check_summary(run: Path, total: int, rows: list[dict]) -> dict:
     # (num_envs x ranks steps each), and every reset row's steps were committed ones.
     assert total <= summary["env_steps"] < total + 3 * 8
     assert [r["env_steps"] for r in rows] == sorted(r["env_steps"] for r in rows)
-    assert summary["updates"] >= rows[-1]["updates"]
-    # sha256 of every variable, the same on every rank (train() fails otherwise)
-    assert len(summary["weights_sha256"]) == 64
+    assert summary["updates"] > rows[-1]["updates"]
+    # The summary is the final checkpoint's learner: its update count, and the sha256 of
+    # every variable (the same on every rank, train() fails otherwise) in their order.
+    assert checkpoints(run)[-1] == summary["env_steps"]
+    ckpt = run / "checkpoints" / f"ckpt-{summary['env_steps']:012d}"
+    digest = hashlib.sha256()
+    with np.load(ckpt / "learner.npz") as z:
+        for key in sorted(z.files):
+            digest.update(np.ascontiguousarray(z[key]).tobytes())
+        (updates,) = [z[k] for k in z.files if k.split("/", 1)[1].startswith("updates")]
+    assert int(updates) == summary["updates"]
+    assert digest.hexdigest() == summary["weights_sha256"]
     return summary
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ROOT, quiet_env
 
-pytestmark = [pytest.mark.distributed, pytest.mark.hosts]
+pytestmark = [pytest.mark.distributed, pytest.mark.hosts, pytest.mark.cluster]
 
 NAMES = ("hvd-a", "hvd-b")
 ADDRESSES = ("10.231.0.1", "10.231.0.2")

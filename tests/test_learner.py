@@ -17,6 +17,7 @@ from hvd_dqn.learner import Adam, Learner
 from hvd_dqn.replay import Batch
 
 
+@pytest.mark.compat
 def test_adam_first_steps_match_the_formula() -> None:
     w = tf.Variable([1.0, -2.0])
     opt = Adam([w], lr=0.1, eps=1e-8)
@@ -89,6 +90,7 @@ def test_same_seed_same_initial_weights_on_every_rank() -> None:
 
 
 @pytest.mark.distributed
+@pytest.mark.compat
 def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path: Path) -> None:
     proc = horovodrun([sys.executable, str(WORKERS / "equivalence_worker.py"), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]

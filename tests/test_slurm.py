@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env, rank_pids
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slurm]
+pytestmark = [pytest.mark.distributed, pytest.mark.slurm, pytest.mark.cluster]
 
 CONF = """\
 ClusterName=hvdtest
@@ -127,9 +127,12 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             _stop(procs)
 
 
-def _sbatch(env: dict[str, str], run: Path, log: Path, *args: str) -> str:
+def _sbatch(
+    env: dict[str, str], run: Path, log: Path, *args: str, options: tuple[str, ...] = ()
+) -> str:
     """Submit slurm/train.sbatch from the run's parent directory, as a user outside the
-    checkout would: the script finds the checkout's .venv itself."""
+    checkout would: the script finds the checkout's .venv itself. `options` are sbatch's,
+    `args` hvd-dqn train's."""
     export = f"ALL,RUN_DIR={run}"
     if BIN.parent != ROOT / ".venv":  # another venv than the checkout's (compat stack)
         export += f",VENV={BIN.parent}"
@@ -138,6 +141,7 @@ def _sbatch(env: dict[str, str], run: Path, log: Path, *args: str) -> str:
         "--parsable",
         f"--output={log}",
         f"--export={export}",
+        *options,
         str(ROOT / "slurm" / "train.sbatch"),
         "--no-progress",
         "--set=run.stop_at_return=none",
@@ -177,6 +181,22 @@ def test_sbatch_runs_one_world_of_two_and_completes(slurm: dict[str, str], tmp_p
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["env_steps"] == 2000
     assert (run / "model" / "saved_model.pb").exists()
+
+
+def test_the_command_line_shape_overrides_the_scripts(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    """`sbatch -N 1 --ntasks-per-node=1` gets the world it asks for, one rank: the
+    script's defaults are --nodes and --ntasks-per-node, which the command line replaces
+    (an `#SBATCH --ntasks=2` took precedence over them, and this job was refused)."""
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    job = _sbatch(
+        slurm, run, log, "--total-steps=1000", "--set=run.eval_episodes=2",
+        options=("-N", "1", "--ntasks-per-node=1"),
+    )  # fmt: skip
+    assert _wait_state(slurm, job, {"COMPLETED", "FAILED"}, 300) == "COMPLETED", log.read_text()
+    assert _job(slurm, job)["NumTasks"] == "1"
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 1
 
 
 PREEMPTIONS = {

@@ -14,11 +14,7 @@ import pytest
 from conftest import BIN, horovodrun, hvd_dqn, launch, train_args, train_one_process, wait_for
 
 from hvd_dqn import checkpoint
-
-
-def _rows(run: Path, kind: str) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [row for row in map(json.loads, lines) if row["kind"] == kind]
+from hvd_dqn.files import read_rows
 
 
 def _check_run_dir(run: Path, env_steps: int) -> dict:
@@ -33,7 +29,7 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] >= env_steps
-    train_rows = _rows(run, "train")
+    train_rows = read_rows(run, "train")
     assert train_rows and train_rows[-1]["env_steps"] == summary["env_steps"]
     for key in (
         "episode_return",
@@ -45,7 +41,7 @@ def _check_run_dir(run: Path, env_steps: int) -> dict:
         "allreduce_share",
     ):
         assert key in train_rows[-1]
-    assert _rows(run, "eval")
+    assert read_rows(run, "eval")
     assert checkpoint.complete(run)[-1] == summary["env_steps"]  # the final checkpoint
     return summary
 
@@ -58,13 +54,20 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, 3000)
     assert summary["world_size"] == 1 and summary["updates"] > 0
-    rows = _rows(run, "train")
+    rows = read_rows(run, "train")
     assert len(rows) == 3 and rows[-1]["loss"] is not None
     assert rows[0]["epsilon"] > rows[-1]["epsilon"]
     proc = hvd_dqn(["evaluate", str(run), "--episodes", "3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads(proc.stdout.splitlines()[-1])
-    assert stats["episodes"] == 3 and stats["return_min"] <= stats["return_mean"]
+    # The exported policy on the same 3 seeded episodes plays as the learner did in the
+    # run's final evaluation.
+    assert stats["episodes"] == 3
+    final = summary["final_eval"]
+    assert (stats["return_mean"], stats["return_max"]) == (
+        final["return_mean"],
+        final["return_max"],
+    )
     # A policy is evaluated only on observations of its shape.
     proc = hvd_dqn(["evaluate", str(run), "--episodes", "1", "--env", "MinAtar/Breakout-v1"])
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
@@ -84,7 +87,7 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "steps", "extra"),
     [
-        ("cartpole", 4000, []),
+        pytest.param("cartpole", 4000, [], marks=pytest.mark.compat),
         (
             "minatar",
             3000,
@@ -166,7 +169,7 @@ def test_stop_at_return_ends_the_run_at_the_first_good_evaluation(tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _check_run_dir(run, 1000)
     assert summary["solved_at_env_steps"] == summary["env_steps"] == 1000
-    assert _rows(run, "eval")[-1]["return_mean"] >= 5
+    assert read_rows(run, "eval")[-1]["return_mean"] >= 5
 
 
 # -- bad input: exit 2, one line naming the field or file, nothing written -----------------
@@ -334,3 +337,37 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_survive
         assert checkpoint.read_rank(run, saved[-1], 0) and (last / "learner.npz").exists()
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.distributed
+def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -> None:
+    """learner.batch_scope=global: 2 ranks sampling 64 each make the updates of one
+    process sampling 128, per env step of all ranks (prioritized: the importance weights'
+    max is taken over both ranks); batch_scope=rank: half as many, on batches of 2 x 128.
+    (That the mean gradient of 2 ranks x B equals one process's on the 2B samples:
+    test_learner.test_two_ranks_with_batch_b_equal_one_process_with_batch_2b.)"""
+    sets = ["run.stop_at_return=none", "run.eval_every=0", "run.eval_episodes=1"]
+    updates = {}
+    for name, np_, scope in [("one", 1, "rank"), ("global", 2, "global"), ("rank", 2, "rank")]:
+        run = tmp_path / name
+        args = train_args("cartpole", 3072, run, *sets, f"learner.batch_scope={scope}")
+        proc = horovodrun([str(BIN / "hvd-dqn"), *args], np=np_)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["env_steps"] == 3072
+        updates[name] = summary["updates"]
+    # Equal up to where the first iteration past learning_starts falls (8 updates at most:
+    # one iteration of 2 ranks x 8 envs x replay_ratio 0.5).
+    assert abs(updates["global"] - updates["one"]) <= 8, updates
+    assert abs(2 * updates["rank"] - updates["one"]) <= 8, updates
+    # A batch that 2 ranks cannot share equally is refused with one line, at once.
+    run = tmp_path / "odd"
+    args = train_args("cartpole", 3072, run, "learner.batch_scope=global", "learner.batch_size=127")
+    proc = horovodrun([str(BIN / "hvd-dqn"), *args], np=2)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert (
+        "learner.batch_size=127: with batch_scope global it must be a multiple of the 2"
+        in errors[0]
+    )
+    assert not run.exists()
