@@ -80,6 +80,10 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
         "another config (changed: run.log_every, run.eval_episodes, run.stop_at_return)"
         in proc.stderr
     )
+    assert (  # every field that may change, as config.RESUMABLE has them
+        "; only run.total_steps, run.progress, run.max_wall_time, run.stall_timeout, "
+        "run.keep_checkpoints, run.elastic, run.commit_every may change. Use another --run-dir"
+    ) in proc.stderr
     assert (run / "metrics.jsonl").read_text() == before
 
 
