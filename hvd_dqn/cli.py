@@ -21,6 +21,7 @@ Errors are one line on stderr (from rank 0 only).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -28,6 +29,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hvd_dqn import __version__
 from hvd_dqn.config import PRESETS, RESUMABLE, ConfigError, load
@@ -51,8 +53,31 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (not the usage block), from rank 0, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see `{self.prog} --help`)", EXIT_USAGE)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _whole(text: str) -> int:
+    """An argparse type: a whole number, also written 1e5 or 100_000."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not number.is_integer():  # (nan and inf are not)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (e.g. 100000 or 1e5)")
+    return int(number)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hvd-dqn", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="hvd-dqn", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"hvd-dqn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -65,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its newest checkpoint with RUN_DIR/config.yaml "
-        "(only --total-steps and run.max_wall_time/stall_timeout/keep_checkpoints may change); "
+        f"(only {', '.join(f for f in RESUMABLE if f != 'run.run_dir')} may change); "
         "`--run-dir RUN_DIR` with the same config does the same",
     )
     train.add_argument(
@@ -77,12 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable)",
     )
     train.add_argument("--env", help="env.id: a gymnasium id")
-    train.add_argument("--seed", type=int, help="run.seed")
-    train.add_argument("--total-steps", type=int, help="run.total_steps (all ranks together)")
+    train.add_argument("--seed", type=_whole, help="run.seed")
+    train.add_argument("--total-steps", type=_whole, help="run.total_steps (all ranks together)")
     train.add_argument("--run-dir", help="run.run_dir")
     train.add_argument(
         "--expect-world-size",
-        type=int,
+        type=_whole,
         metavar="N",
         help="fail unless Horovod's world has N processes",
     )
@@ -96,12 +121,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate an exported policy or a run directory")
     ev.add_argument("target", help="a run directory or its model/ directory")
-    ev.add_argument("--episodes", type=int, default=20)
+    ev.add_argument("--episodes", type=_whole, default=20)
     ev.add_argument("--env", help="evaluate on another gymnasium id")
     ev.add_argument("--eps", type=float, default=0.0, help="evaluation epsilon (default 0)")
     ev.add_argument("--video", help="also record greedy episodes to this .gif or .mp4")
     ev.add_argument(
-        "--video-episodes", type=int, default=1, help="episodes in the video (default 1)"
+        "--video-episodes", type=_whole, default=1, help="episodes in the video (default 1)"
     )
 
     bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
@@ -110,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("act", "update", "scaling", "solve", "efficiency", "faults", "update-worker"),
     )
     bench.add_argument("--json", help="write the results to this file")
-    bench.add_argument("--np", type=int, default=2, help="ranks for multi-rank runs (2)")
+    bench.add_argument("--np", type=_whole, default=2, help="ranks for multi-rank runs (2)")
     bench.add_argument(
         "--seeds", help="solve, efficiency: comma-separated seeds (0,1,2; 0-4 for efficiency)"
     )
@@ -124,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rules", default="none,linear,sqrt", help="efficiency: learner.lr_scaling rules"
     )
     bench.add_argument(
-        "--total-steps", type=int, default=30_000, help="efficiency: env steps of every run"
+        "--total-steps", type=_whole, default=30_000, help="efficiency: env steps of every run"
     )
     bench.add_argument("--keep", metavar="DIR", help="solve: keep the runs in DIR/seed<N>")
     bench.add_argument(
@@ -151,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     doctor = sub.add_parser("doctor", help="check the TensorFlow/Horovod/MPI stack")
-    doctor.add_argument("--expect-world-size", type=int, metavar="N")
+    doctor.add_argument("--expect-world-size", type=_whole, metavar="N")
     return parser
 
 
@@ -302,7 +327,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         world = distributed.init(expect_size=args.expect_world_size, threads=threads)
     except distributed.WorldError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE)
     if cfg.run.deterministic:
         tf.config.experimental.enable_op_determinism()
     code = EXIT_FAILURE
@@ -366,7 +391,7 @@ def doctor(expect_world_size: int | None = None) -> int:
     try:
         world = distributed.init(expect_size=expect_world_size)
     except distributed.WorldError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE)
     ranks = distributed.allgather_object(distributed.describe_rank(world))
     if world.is_chief:
         lines.append(("world", f"size {world.size}, controller {world.controller}"))

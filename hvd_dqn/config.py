@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,17 @@ import yaml  # type: ignore[import-untyped]
 
 class ConfigError(ValueError):
     """A config value, key or file is wrong; the message is one line naming it."""
+
+
+def shorten(text: object, keep: int = 80) -> str:
+    """A value (a path) for a one-line message: a long one keeps its start and end."""
+    text = str(text)
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep // 2]}...{text[-(keep // 2 - 3) :]} ({len(text)} characters)"
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # Linux, NFS and Lustre: bytes in one name, in a path
 
 
 def _f(
@@ -383,6 +395,12 @@ def validate(cfg: Config) -> None:
             f"config field replay.capacity={cfg.replay.capacity}: must hold at "
             f"least {need} steps per env ({need * cfg.env.num_envs} with "
             f"env.num_envs={cfg.env.num_envs})"
+        )
+    path = os.fsencode(cfg.run.run_dir)
+    if len(path) >= PATH_MAX or max(map(len, path.split(b"/"))) > NAME_MAX:
+        raise ConfigError(
+            f"config field run.run_dir={shorten(cfg.run.run_dir)!r}: too long (a path may "
+            f"have {PATH_MAX - 1} bytes, each name in it {NAME_MAX})"
         )
     if cfg.learner.batch_scope == "global" and cfg.learner.lr_scaling != "none":
         raise ConfigError(

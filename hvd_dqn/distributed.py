@@ -278,13 +278,22 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
         controller=controller,
         device="/GPU:0" if index is not None else "/CPU:0",
     )
-    expected = expected_world_size(os.environ, expect_size)
-    if expected is not None and expected[0] != world.size:
+    launched = expected_world_size(os.environ)
+    if launched is not None and launched[0] != world.size:
         # N processes that each think they are alone would train N separate copies.
         raise WorldError(
-            f"{expected[1]} started {expected[0]} processes but Horovod sees a world of "
+            f"{launched[1]} started {launched[0]} processes but Horovod sees a world of "
             f"{world.size}: Horovod and the launcher do not share an MPI/Gloo world "
             f"(check `hvd-dqn doctor`: was Horovod built with MPI for this launcher?)"
+        )
+    if expect_size is not None and expect_size != world.size:
+        # The world is what the launcher started; the user expected another (exit 2).
+        how = f"{launched[1]} started {world.size}" if launched else "no launcher started it"
+        raise WorldError(
+            f"--expect-world-size {expect_size}: this job is a world of {world.size} "
+            f"process{'es' if world.size != 1 else ''} ({how}); start {expect_size} with "
+            f"horovodrun -np {expect_size}, mpirun -np {expect_size} or srun -n {expect_size}",
+            usage=True,
         )
     return world
 
@@ -505,12 +514,15 @@ def run_collectively(fn: Callable[[], T], what: str) -> T:
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:
         messages = {e[1] for _, e in failed}
-        if len(messages) == 1 and len(failed) == len(errors):
-            line = f"{what}: {messages.pop()}" if not failed[0][1][0] else messages.pop()
+        usage = all(e[0] for _, e in failed)
+        if len(messages) == 1 and (len(failed) == len(errors) or usage):
+            # Bad input names its field or file: said once, whichever ranks found it
+            # (often rank 0 alone, for the files only it touches).
+            line = messages.pop() if usage else f"{what}: {messages.pop()}"
         else:
             parts = "; ".join(f"rank {r}: {e[1]}" for r, e in failed)
             line = f"{what} failed on {len(failed)} of {len(errors)} ranks: {parts}"
-        raise WorldError(line, usage=all(e[0] for _, e in failed))
+        raise WorldError(line, usage=usage)
     return result  # type: ignore[return-value]
 
 

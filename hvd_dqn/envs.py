@@ -68,6 +68,8 @@ def _register(env_id: str) -> str:
     if is_atari(env_id):
         import ale_py
 
+        # ALE's banner (two stderr lines per process) is not an error or a warning.
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         gym.register_envs(ale_py)
     elif env_id.startswith("MinAtar/"):
         import minatar.gym  # type: ignore[import-untyped]

@@ -36,6 +36,11 @@ def resolve_torso(torso: str, obs_shape: Sequence[int]) -> str:
             f"config field network.torso=minatar: needs images [H, W, C] with H, W >= 3; "
             f"this env's observations are {shape}"
         )
+    if torso == "mlp" and len(shape) == 3:
+        raise ConfigError(
+            f"config field network.torso=mlp: needs vector observations [D]; this env's "
+            f"observations are images {shape} (use network.torso=auto, minatar or nature)"
+        )
     if torso != "auto":
         return torso
     if len(obs_shape) == 1:

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from hvd_dqn.config import ConfigError
 from hvd_dqn.dqn import importance_weights, n_step_returns
+from hvd_dqn.memory import memory_limit
 
 
 class Batch(NamedTuple):
@@ -121,26 +121,16 @@ _USE_MEMORY = 0.8  # a rank's replay may take at most this share of its host's f
 
 def check_replay_fits(need: int, capacity: int, ranks_here: int) -> int:
     """`need`, the replay's bytes per rank (replay_bytes); ConfigError before allocation
-    when this host's ranks together would need more than 80 % of its available memory."""
-    free = _available_memory()
+    when this host's ranks together would need more than 80 % of the memory the job may
+    use here: the smallest of the host's, its cgroup's and SLURM's (memory.py), named."""
+    free, source = memory_limit()
     if free and need * ranks_here > _USE_MEMORY * free:
         raise ConfigError(
             f"config field replay.capacity={capacity}: the replay needs {need / 2**30:.1f} GiB "
-            f"per rank x {ranks_here} ranks on this host, more than 80 % of its "
-            f"{free / 2**30:.1f} GiB available memory"
+            f"per rank x {ranks_here} ranks on this host, more than 80 % of the "
+            f"{free / 2**30:.1f} GiB {source}"
         )
     return need
-
-
-def _available_memory() -> int:
-    """MemAvailable of this host in bytes (0 if unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class Replay:

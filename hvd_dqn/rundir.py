@@ -8,6 +8,7 @@
       resets.jsonl       elastic runs: one line per (re)forming of the world
       model/             the exported greedy policy (`hvd-dqn evaluate RUN_DIR`)
       summary.json       written last: final evaluation, steps, wall-clock
+      run.lock           while a job runs: its host, pid and start (runlock.py)
 
 The same command starts a run and continues it: `inspect` tells which, once, before the
 run begins; `prepare` makes the directory ready only after a checkpoint has loaded, so
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hvd_dqn import checkpoint
-from hvd_dqn.config import Config, ConfigError, changed_fields, load, to_yaml
+from hvd_dqn.config import RESUMABLE, Config, ConfigError, changed_fields, load, to_yaml
 from hvd_dqn.files import atomic_write
 
 NEW, CONTINUE, FINISHED = "new", "continue", "finished"
@@ -55,7 +56,8 @@ def inspect(out: Path, cfg: Config) -> str:
     if changed:
         raise ConfigError(
             f"run directory {out} holds a run with another config (changed: "
-            f"{', '.join(changed)}); only run.total_steps may grow. Use another --run-dir"
+            f"{', '.join(changed)}); only {', '.join(f for f in RESUMABLE if f != 'run.run_dir')} "
+            f"may change. Use another --run-dir"
         )
     summary = read_summary(out)
     if summary is not None and (

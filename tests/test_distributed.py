@@ -125,6 +125,8 @@ def test_two_ranks_average_broadcast_and_stay_identical(tmp_path: Path, gloo: bo
     )
     for r in (r0, r1):
         assert r["collective_error"] == "setup failed on 1 of 2 ranks: rank 1: ValueError: boom"
+        # Bad input found by one rank (rank 0's file): its one line, said once, exit 2.
+        assert r["usage_error"] == ["run directory R: in use by another job", True]
 
 
 @pytest.mark.distributed
@@ -177,8 +179,13 @@ def test_processes_that_each_think_they_are_alone_fail_loudly() -> None:
     assert "srun (SLURM_STEP_NUM_TASKS=2) started 2 processes but Horovod sees a world of 1" in (
         proc.stderr
     )
+    # A world of one that was expected to be 4: what was started, what was expected.
     proc = hvd_dqn(["doctor", "--expect-world-size", "4"])
-    assert proc.returncode == 1 and "--expect-world-size started 4" in proc.stderr
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert (
+        "--expect-world-size 4: this job is a world of 1 process (no launcher started it)"
+        in proc.stderr
+    )
 
 
 def test_runtime_defaults_respect_the_user_and_the_cores() -> None:

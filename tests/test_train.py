@@ -4,11 +4,14 @@ MinAtar and Atari with tiny budgets; the run directory; `evaluate` on the export
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, horovodrun, hvd_dqn, train_args, train_one_process
+from conftest import BIN, horovodrun, hvd_dqn, launch, train_args, train_one_process, wait_for
 
 from hvd_dqn import checkpoint
 from hvd_dqn.files import read_rows
@@ -77,6 +80,10 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
         "another config (changed: run.log_every, run.eval_episodes, run.stop_at_return)"
         in proc.stderr
     )
+    assert (  # every field that may change, as config.RESUMABLE has them
+        "; only run.total_steps, run.progress, run.max_wall_time, run.stall_timeout, "
+        "run.keep_checkpoints, run.elastic, run.commit_every may change. Use another --run-dir"
+    ) in proc.stderr
     assert (run / "metrics.jsonl").read_text() == before
 
 
@@ -186,6 +193,12 @@ def hvd_dqn_config_yaml(run: Path) -> str:
     return to_yaml(load("cartpole", [f"run.run_dir={run}", "run.progress=false"]))
 
 
+def _tree(root: Path) -> list[tuple[Path, int]]:
+    """Every path under `root` with its mtime, files only: a run directory's own mtime
+    changes when the run lock (runlock.py) is made and removed again."""
+    return sorted((p, p.stat().st_mtime_ns if p.is_file() else 0) for p in root.rglob("*"))
+
+
 @pytest.mark.parametrize(
     ("args", "message", "make"),
     [
@@ -202,6 +215,12 @@ def hvd_dqn_config_yaml(run: Path) -> str:
             "network.torso=nature: needs stacked",
             None,
         ),
+        (
+            ["--config", "cartpole", "--env", "ALE/Pong-v5"],
+            "network.torso=mlp: needs vector observations [D]; this env's observations are "
+            "images (4, 84, 84)",
+            None,
+        ),
         ([], "exists and is not a directory", lambda run: run.write_text("a file")),
         (
             [],
@@ -216,6 +235,7 @@ def hvd_dqn_config_yaml(run: Path) -> str:
         "absurd-lr",
         "replay-too-big",
         "cnn-on-vectors",
+        "mlp-on-images",
         "run-dir-is-a-file",
         "foreign-config",
         "foreign-checkpoint",
@@ -225,20 +245,54 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     run = tmp_path / "run"
     if make:
         make(run)
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    before = _tree(tmp_path)
     proc = hvd_dqn(["train", "--run-dir", str(run), "--no-progress", *args])
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "hvd-dqn: warning" not in line]
     assert len(errors) == 1 and errors[0].startswith("hvd-dqn: error: "), proc.stderr
     assert message in errors[0]
     assert "Traceback" not in proc.stderr
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert _tree(tmp_path) == before
+
+
+def test_a_second_job_on_a_run_dir_is_refused_and_a_killed_ones_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    args = [
+        *train_args("cartpole", 200_000, run, "run.checkpoint_every=1000"),
+        "--set=run.stop_at_return=none",
+    ]
+    first = launch(args)
+    try:
+        wait_for(lambda: bool(checkpoint.complete(run)), first)  # training, checkpointing
+        second = hvd_dqn(args)
+        assert second.returncode == 2 and second.stdout == "", second.stderr[-3000:]
+        [line] = second.stderr.splitlines()
+        assert line.startswith(
+            f"hvd-dqn: error: run directory {run}: in use by another job (host "
+            f"{socket.gethostname()}, pid {first.pid}, since "
+        ), line
+        assert first.poll() is None  # the first goes on
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The holder was killed: the next start takes the directory over, says so, goes on.
+    third = hvd_dqn([*args, "--total-steps", str(checkpoint.complete(run)[-1] + 1000)])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (
+        f"hvd-dqn: warning: run directory {run}: taking it over from a job that is gone "
+        f"(host {socket.gethostname()}, pid {first.pid}, since "
+    ) in third.stderr
+    assert f"pid {first.pid} no longer runs)" in third.stderr
+    assert not (run / "run.lock").exists()  # released at the end
 
 
 def test_a_run_dir_that_cannot_be_created_is_a_usage_error() -> None:
     proc = hvd_dqn(["train", "--run-dir", "/proc/hvd-dqn-run", "--no-progress"])
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "run directory /proc/hvd-dqn-run: cannot write there" in proc.stderr
+    assert proc.stdout == ""  # not a line about the run first
 
 
 @pytest.mark.distributed

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvd_dqn import distributed
+from hvd_dqn.config import ConfigError
 from hvd_dqn.learner import Adam
 
 out, mode = Path(sys.argv[1]), sys.argv[2]
@@ -92,6 +93,16 @@ else:
         result["collective_error"] = None
     except distributed.WorldError as exc:
         result["collective_error"] = str(exc)
+    try:
+
+        def refuse_on_chief() -> None:  # a rank-0-only action (a file) refused
+            if world.is_chief:
+                raise ConfigError("run directory R: in use by another job")
+
+        distributed.run_collectively(refuse_on_chief, "run directory R")
+        result["usage_error"] = None
+    except distributed.WorldError as exc:
+        result["usage_error"] = [str(exc), exc.usage]
 
 (out / f"rank{world.rank}.json").write_text(json.dumps(result))
 distributed.shutdown()
