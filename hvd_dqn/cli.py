@@ -29,10 +29,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hvd_dqn import __version__
-from hvd_dqn.config import PRESETS, RESUMABLE, ConfigError, load
+from hvd_dqn.config import PRESETS, RESUMABLE, Config, ConfigError, load
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hvd-dqn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_bench(sub)
+    _add_plot(sub)
+    doctor = sub.add_parser("doctor", help="check the TensorFlow/Horovod/MPI stack")
+    doctor.add_argument("--expect-world-size", type=_whole, metavar="N")
+    return parser
+
+
+def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="train a DQN agent (data-parallel under a launcher)")
     train.add_argument(
         "--config",
@@ -119,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
         "horovodrun --min-np/--max-np --host-discovery-script)",
     )
 
+
+def _add_evaluate(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="evaluate an exported policy or a run directory")
     ev.add_argument("target", help="a run directory or its model/ directory")
     ev.add_argument("--episodes", type=_whole, default=20)
@@ -129,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
         "--video-episodes", type=_whole, default=1, help="episodes in the video (default 1)"
     )
 
+
+def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
     bench.add_argument(
         "which",
@@ -161,6 +175,8 @@ def _parser() -> argparse.ArgumentParser:
         help="solve, efficiency: config overrides",
     )
 
+
+def _add_plot(sub: Any) -> None:
     plot = sub.add_parser(
         "plot", help="learning curves of runs; --scaling/--efficiency for a bench JSON"
     )
@@ -174,10 +190,6 @@ def _parser() -> argparse.ArgumentParser:
         help="draw each run beside this published curve of its game, one panel per run "
         "(docs/bench/minatar-paper-dqn.json: the MinAtar paper's DQN)",
     )
-
-    doctor = sub.add_parser("doctor", help="check the TensorFlow/Horovod/MPI stack")
-    doctor.add_argument("--expect-world-size", type=_whole, metavar="N")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,12 +287,9 @@ def _ints(flag: str, text: str, lo: int = 0) -> list[int]:
     return values
 
 
-def _train(args: argparse.Namespace) -> int:
-    # Catch stop signals from the first moment: one that arrives while TensorFlow loads
-    # stops the run at its first iteration, with a checkpoint, instead of killing it.
-    from hvd_dqn.interrupts import EXIT_PREEMPTED, Interrupts
-
-    interrupts = Interrupts()
+def _train_config(args: argparse.Namespace) -> Config:
+    """The config `train`'s flags ask for: a preset or file with --set and the shortcut
+    flags, or --resume's run with only what may change (ConfigError otherwise)."""
     overrides = list(args.overrides)
     flags = {
         "env.id": args.env,
@@ -298,19 +307,25 @@ def _train(args: argparse.Namespace) -> int:
         changed = [o.split("=")[0] for o in overrides if o.split("=")[0] not in RESUMABLE]
         if args.config or changed:
             what = ", ".join((["--config"] if args.config else []) + changed)
-            return _fail(
+            raise ConfigError(
                 f"--resume {args.resume}: the run's config.yaml is used as it is; only "
                 f"{', '.join(f for f in RESUMABLE if f != 'run.run_dir')} may change "
-                f"(got {what})",
-                EXIT_USAGE,
+                f"(got {what})"
             )
         source = str(Path(args.resume) / "config.yaml")
         if not Path(source).is_file():
-            return _fail(
-                f"--resume {args.resume}: no config.yaml there (not a run directory)", EXIT_USAGE
-            )
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run directory)")
         overrides.append(f"run.run_dir={args.resume}")
-    cfg = load(source, overrides)  # validated before TensorFlow or Horovod load
+    return load(source, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    # Catch stop signals from the first moment: one that arrives while TensorFlow loads
+    # stops the run at its first iteration, with a checkpoint, instead of killing it.
+    from hvd_dqn.interrupts import EXIT_PREEMPTED, Interrupts
+
+    interrupts = Interrupts()
+    cfg = _train_config(args)  # validated before TensorFlow or Horovod load
 
     try:
         import tensorflow as tf
@@ -395,20 +410,20 @@ def doctor(expect_world_size: int | None = None) -> int:
     ranks = distributed.allgather_object(distributed.describe_rank(world))
     if world.is_chief:
         lines.append(("world", f"size {world.size}, controller {world.controller}"))
-        for line in lines:
-            print(f"{line[0]:<12} {line[1]}")
-        for r in ranks:
-            print(
-                f"  rank {r['rank']} of {r['size']}: host {r['host']}, local rank "
-                f"{r['local_rank']}, device {r['device']}, pid {r['pid']}"
-            )
-        print(
-            "ok: TensorFlow, MPI and Gloo"
-            if "Gloo" in info["controllers"]
-            else "ok: TensorFlow and MPI (no Gloo)"
-        )
+        _print_doctor(lines, ranks, "Gloo" in info["controllers"])
     distributed.shutdown()
     return 0
+
+
+def _print_doctor(lines: list[tuple[str, str]], ranks: list[dict[str, Any]], gloo: bool) -> None:
+    for name, value in lines:
+        print(f"{name:<12} {value}")
+    for r in ranks:
+        print(
+            f"  rank {r['rank']} of {r['size']}: host {r['host']}, local rank "
+            f"{r['local_rank']}, device {r['device']}, pid {r['pid']}"
+        )
+    print("ok: TensorFlow, MPI and Gloo" if gloo else "ok: TensorFlow and MPI (no Gloo)")
 
 
 def _mpi_version() -> str:

@@ -257,6 +257,13 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     if hvd.size() == 1 and expected_world_size(os.environ) is None:
         controller = "none"
 
+    world = _world(controller, device=_pin_device_and_threads(threads))
+    _check_size(world, expect_size)
+    return world
+
+
+def _pin_device_and_threads(threads: int | None) -> str:
+    """This rank's TensorFlow device ("/GPU:0" or "/CPU:0") and intra-op threads."""
     # Horovod: one device per rank. Each rank sees only its GPU, with memory growth so
     # it takes what it needs rather than the whole card.
     gpus = tf.config.list_physical_devices("GPU")
@@ -269,15 +276,23 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     n = threads or cpu_threads_per_rank(usable_cpus(), allowed_cpus(), hvd.local_size())
     tf.config.threading.set_intra_op_parallelism_threads(n)
     tf.config.threading.set_inter_op_parallelism_threads(1)  # small graphs: 1 is fastest
+    return "/GPU:0" if index is not None else "/CPU:0"
 
-    world = World(
+
+def _world(controller: str, device: str) -> World:
+    """This process's place in Horovod's world as it is now."""
+    return World(
         rank=hvd.rank(),
         size=hvd.size(),
         local_rank=hvd.local_rank(),
         local_size=hvd.local_size(),
         controller=controller,
-        device="/GPU:0" if index is not None else "/CPU:0",
+        device=device,
     )
+
+
+def _check_size(world: World, expect_size: int | None) -> None:
+    """WorldError unless the world is as large as the launcher and the user say."""
     launched = expected_world_size(os.environ)
     if launched is not None and launched[0] != world.size:
         # N processes that each think they are alone would train N separate copies.
@@ -295,20 +310,12 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
             f"horovodrun -np {expect_size}, mpirun -np {expect_size} or srun -n {expect_size}",
             usage=True,
         )
-    return world
 
 
 def current_world(previous: World) -> World:
     """The world after an elastic reset: Horovod re-assigned ranks and sizes; the device
     and the controller stay."""
-    return World(
-        rank=hvd.rank(),
-        size=hvd.size(),
-        local_rank=hvd.local_rank(),
-        local_size=hvd.local_size(),
-        controller=previous.controller,
-        device=previous.device,
-    )
+    return _world(previous.controller, previous.device)
 
 
 class ElasticCommit(State):

@@ -335,12 +335,9 @@ def hold(
     return held
 
 
-def _take(
-    run_dir: Path, shown: str, stale_after: float, beat_every: float, made: list[Path]
-) -> RunLock:
-    lock = run_dir / LOCK_NAME
-    token = uuid.uuid4().hex
-    me = {
+def _this_job(token: str) -> dict[str, Any]:
+    """What the lock file says of its holder: where, which process, since when."""
+    return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": time.time(),
@@ -349,6 +346,14 @@ def _take(
         "pid_start": _start_time(os.getpid()),
         "token": token,
     }
+
+
+def _take(
+    run_dir: Path, shown: str, stale_after: float, beat_every: float, made: list[Path]
+) -> RunLock:
+    lock = run_dir / LOCK_NAME
+    token = uuid.uuid4().hex
+    me = _this_job(token)
 
     def refuse(holder: dict[str, Any] | None, why: str = "") -> ConfigError:
         who = describe(holder) if holder is not None else "its lock cannot be read"

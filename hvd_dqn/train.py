@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from hvd_dqn import checkpoint, distributed, rundir
+from hvd_dqn import checkpoint, distributed, rundir, runlock
 from hvd_dqn.actor import Actor
 from hvd_dqn.config import (
     Config,
@@ -80,10 +80,12 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             else "started by an elastic horovodrun: add --elastic (run.elastic: true)"
         )
     trainer = Trainer(cfg, world, interrupts)
-    finished = trainer.membership.run(trainer)
-    if finished is not None:
-        return finished
-    return trainer.finish(t_process)
+    try:
+        finished = trainer.membership.run(trainer)
+        return trainer.finish(t_process) if finished is None else finished
+    finally:
+        if trainer.lock is not None:  # rank 0: the run directory is free again
+            trainer.lock.release()
 
 
 class Trainer:
@@ -92,6 +94,7 @@ class Trainer:
     def __init__(self, cfg: Config, world: World, interrupts: Interrupts) -> None:
         self.cfg, self.world, self.interrupts = cfg, world, interrupts
         self.out = run_dir(cfg)
+        self.lock: runlock.RunLock | None = None  # rank 0's hold on the run directory
         self.state, replay_size = build_state(cfg, world, collective=not cfg.run.elastic)
         self.save_replay = cfg.run.save_replay == "always" or (
             cfg.run.save_replay == "auto" and replay_size <= REPLAY_SAVE_BUDGET
@@ -254,6 +257,9 @@ class Trainer:
         cfg, world, out, s = self.cfg, self.world, self.out, self.state
         # Horovod (host side): every rank must train the same config.
         distributed.check_same("config", distributed.config_digest(to_yaml(cfg)))
+        # Rank 0 holds the run directory for the whole run (runlock.py): a second job on
+        # it is refused here, naming the holder, before anything in it is read or written.
+        self.lock = self.on_chief(lambda: runlock.hold(out), f"run directory {out}")
         # Rank 0 looks at the run directory; a failure there ends every rank with its line.
         self.plan = distributed.allgather_object(
             self.on_chief(lambda: rundir.inspect(out, cfg), f"run directory {out}")
