@@ -39,12 +39,9 @@ EXIT_FAILURE = 1
 
 
 def _launcher_rank() -> int:
-    """This process's rank as the launcher set it (before Horovod starts), 0 if none."""
-    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    from hvd_dqn.interrupts import launcher_rank
+
+    return launcher_rank(os.environ)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:

@@ -19,6 +19,9 @@ command again to continue".
   resubmitted job). A rank started by mpirun therefore watches its parent (mpirun or
   orted): when the parent is gone or has itself been orphaned, the launch was killed,
   and the rank stops as if signalled.
+- A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore,
+  the first trace): it waits for the first vote, which stops the run with a checkpoint
+  and exit 75 like any other; the grace below starts only once the loop runs.
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
   Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
   collective the dead rank never joins. So once a stop signal has arrived, a rank that
@@ -57,6 +60,15 @@ SUSPENDED = 5.0  # seconds the watch thread did not run: this process was stoppe
 _LAUNCHED_BY_MPI = ("OMPI_COMM_WORLD_SIZE",)  # Open MPI's mpirun/orted (and horovodrun)
 
 
+def launcher_rank(environ: Mapping[str, str]) -> int:
+    """This process's rank as the launcher set it (before Horovod starts), 0 if none."""
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        value = environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _parent_of(pid: int) -> int | None:
     """The parent pid of `pid` from /proc, None if `pid` is gone (or not Linux)."""
     try:
@@ -79,8 +91,9 @@ class Interrupts:
         self.exit_code: int | None = None  # set by close(): the run has ended with it
         self.stall_timeout = 0.0
         self._beat = time.monotonic()
-        self._rank = 0
         environ = os.environ if environ is None else environ
+        self._rank = launcher_rank(environ)  # Horovod's, once configure() is called
+        self.starting = True  # until the loop runs: no signal grace (see the docstring)
         self._parent = os.getppid()
         # Only a rank that an MPI launcher started directly watches it: a plain
         # `python`/`hvd-dqn` start may outlive its shell (nohup, a subshell) on purpose.
@@ -124,6 +137,12 @@ class Interrupts:
         self._rank = rank
         self.deadline = time.monotonic() + max_wall_time if max_wall_time else None
         self.stall_timeout = stall_timeout
+        self.beat()
+
+    def running(self) -> None:
+        """The loop runs: from now on a signal that no vote follows within SIGNAL_GRACE
+        means the other ranks are gone."""
+        self.starting = False
         self.beat()
 
     def beat(self) -> None:
@@ -190,7 +209,7 @@ class Interrupts:
                 if grandparent is None or grandparent != self._grandparent:
                     self.launcher_lost = True
             idle = now - self._beat
-            if self.signal and not self.saving:
+            if self.signal and not self.saving and not self.starting:
                 waited = now - max(self._signal_time, self._beat)
                 if waited > SIGNAL_GRACE:
                     name = signal.Signals(self.signal).name

@@ -119,6 +119,7 @@ class Trainer:
         a reached stop_at_return or a stop voted by any rank. (A run restored after it
         reached stop_at_return has nothing left to train.)"""
         s, cfg = self.state, self.cfg
+        self.interrupts.running()  # a signal during start-up waited for the first vote
         while s.env_steps < cfg.run.total_steps and s.solved_at is None:
             self.interrupts.beat()
             eps = self.epsilon()

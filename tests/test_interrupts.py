@@ -249,3 +249,31 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_any_checkpoint_of
     bad_step = int(re.search(r"\(env step (\d+)\)", lines[0]).group(1))  # type: ignore[union-attr]
     rows = read_rows(run)
     assert rows and all(row["env_steps"] < bad_step for row in rows)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])
+@pytest.mark.parametrize("delay", [0.5, 4.0], ids=["loading", "starting"])
+def test_a_signal_during_start_up_stops_at_the_first_vote_with_exit_75(
+    tmp_path: Path, np_: int, delay: float
+) -> None:
+    """SIGTERM to every rank while Python and TensorFlow load (0.5 s after the rank
+    started) or while Horovod starts and the run begins (4 s): no rank exits 143 or
+    blames a dead peer; the first vote stops the run with a checkpoint, exit 75."""
+    run = tmp_path / "run"
+    proc = launch(_train(run), np=np_)
+    try:
+        wait_for(lambda: len(rank_pids(run)) == np_, proc, timeout=60)
+        time.sleep(delay)
+        pids = rank_pids(run)
+        assert len(pids) == np_, "the ranks ended before the signal"
+        for pid in pids.values():  # as srun and Kubernetes do: every task
+            os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_all(str(run))
+    assert "did not reach the next vote" not in err, err[-2000:]
+    if np_ == 1:
+        assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    (step,) = checkpoints(run)
+    assert f"stopped by SIGTERM at {step} env steps; checkpoint written" in err, err[-2000:]
