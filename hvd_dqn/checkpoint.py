@@ -307,6 +307,8 @@ class Restored:
     step: int  # env steps of the checkpoint restored
     per_rank: bool  # this rank's replay, RNGs and window restored (else: new, refilled)
     envs: bool  # this rank's envs restored mid-episode (else: they restart)
+    world_size: int  # the world that wrote the checkpoint
+    replay_saved: bool  # its ranks' replays are in it
 
 
 def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
@@ -353,7 +355,13 @@ def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
             envs = distributed.run_collectively(
                 functools.partial(load_rank, state, part), f"restoring {_ckpt(run_dir, step)}"
             )
-        return Restored(step=step, per_rank=per_rank, envs=envs)
+        return Restored(
+            step=step,
+            per_rank=per_rank,
+            envs=envs,
+            world_size=meta["world_size"],
+            replay_saved=bool(meta.get("replay_saved")),
+        )
     raise CheckpointError(
         f"run directory {run_dir}: none of its {len(candidates)} checkpoints can be read "
         f"(newest: {reasons[0] if reasons else 'none'}); move the run aside to start again"

@@ -274,6 +274,7 @@ class Trainer:
                 s.actor.restart(cfg.run.seed, world.rank, segment=s.env_steps)
             if not resumed.per_rank:  # a new replay: refill it before updating again
                 s.learn_from = s.env_steps + cfg.learner.learning_starts
+                self._say_what_starts_anew(resumed)
         # Only now that a checkpoint loaded (or none was needed): a failed restore
         # changes nothing.
         self.on_chief(lambda: rundir.prepare(out, cfg, self.plan), f"run directory {out}")
@@ -295,6 +296,23 @@ class Trainer:
                 f"{', '.join(devices)}; run directory {self.out} ({self.plan})",
                 flush=True,
             )
+
+    def _say_what_starts_anew(self, resumed: checkpoint.Restored) -> None:
+        """Rank 0: one line when a continued run cannot take its ranks' own state back."""
+        if not self.world.is_chief:
+            return
+        why = (
+            f"its checkpoint was written by {resumed.world_size} rank(s), this job has "
+            f"{self.world.size}"
+            if resumed.world_size != self.world.size
+            else "its checkpoint holds no replay (run.save_replay)"
+        )
+        print(
+            f"hvd-dqn: continuing at env step {resumed.step}: {why}; the weights, optimizer "
+            f"and counters are kept, each rank starts a new replay and new episodes and "
+            f"refills {self.cfg.learner.learning_starts} env steps before it updates again",
+            flush=True,
+        )
 
     def _already_finished(self) -> dict[str, Any]:
         summary = rundir.read_summary(self.out) or {} if self.world.is_chief else {}

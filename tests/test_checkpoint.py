@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    BIN,
     checkpoints,
+    horovodrun,
     hvd_dqn,
     kill_all,
     launch,
@@ -268,3 +270,18 @@ def test_one_command_starts_continues_and_finishes_a_run(tmp_path: Path) -> None
     proc = hvd_dqn(["train", "--resume", str(run), "--total-steps", "3400", "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 3400
+
+
+@pytest.mark.distributed
+def test_a_run_continued_at_another_world_size_says_what_starts_anew(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = hvd_dqn(_train_args(run, 2000))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = horovodrun([str(BIN / "hvd-dqn"), *_train_args(run, 3000)], np=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "continuing at env step 2000: its checkpoint was written by 1 rank(s), this job has 2; "
+        "the weights, optimizer and counters are kept, each rank starts a new replay and new "
+        "episodes and refills 1000 env steps before it updates again"
+    ) in proc.stdout, proc.stdout[-2000:]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2

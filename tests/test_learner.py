@@ -17,7 +17,6 @@ from hvd_dqn.learner import Adam, Learner
 from hvd_dqn.replay import Batch
 
 
-@pytest.mark.compat
 def test_adam_first_steps_match_the_formula() -> None:
     w = tf.Variable([1.0, -2.0])
     opt = Adam([w], lr=0.1, eps=1e-8)
