@@ -97,13 +97,26 @@ def complete(run_dir: Path) -> list[int]:
 
 
 def clean(run_dir: Path, keep: int) -> None:
-    """Rank 0: remove interrupted saves and all but the newest `keep` checkpoints."""
+    """Rank 0: remove interrupted saves (`.partial`, silently) and all but the newest
+    `keep` checkpoints. A `ckpt-N` without its state.json cannot come from a save of
+    ours (state.json is written before the rename): it is damaged, so it is named in a
+    warning and moved aside to `ckpt-N.damaged`, never deleted."""
     d = directory(run_dir)
     if not d.is_dir():
         return
     for p in d.iterdir():
-        if _PARTIAL.match(p.name) or (_NAME.match(p.name) and not (p / "state.json").exists()):
+        if _PARTIAL.match(p.name):
             shutil.rmtree(p, ignore_errors=True)
+        elif _NAME.match(p.name) and not (p / "state.json").exists():
+            aside = p.with_name(p.name + ".damaged")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(p, aside)
+            print(
+                f"hvd-dqn: warning: skipping damaged checkpoint {p}: no state.json (removed, "
+                f"or copied without it); moved aside to {aside.name}",
+                file=sys.stderr,
+                flush=True,
+            )
     for step in complete(run_dir)[:-keep]:
         shutil.rmtree(_ckpt(run_dir, step), ignore_errors=True)
 

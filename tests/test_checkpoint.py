@@ -102,7 +102,8 @@ def test_only_complete_checkpoints_count_and_leftovers_are_cleaned(tmp_path: Pat
     (d / "ckpt-000000005000.partial").mkdir()  # killed mid-save
     assert checkpoint.complete(tmp_path) == [1000, 2000, 3000]
     checkpoint.clean(tmp_path, keep=2)
-    assert sorted(p.name for p in d.iterdir()) == ["ckpt-000000002000", "ckpt-000000003000"]
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["ckpt-000000002000", "ckpt-000000003000", "ckpt-000000004000.damaged"]
 
 
 # -- real runs ---------------------------------------------------------------------------
@@ -190,9 +191,11 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(tmp_path: Pat
     proc = hvd_dqn(_train_args(run, 5000) + args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if "warning: skipping" in line]
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert "ckpt-000000004000: " in warnings[0] and "learner.npz: unreadable" in warnings[0]
     assert "ckpt-000000003000: " in warnings[1] and "rank-0.npz: missing" in warnings[1]
+    assert "ckpt-000000002000: no state.json" in warnings[2]  # named, and kept aside
+    assert (ckpt / "ckpt-000000002000.damaged" / "learner.npz").exists()
     assert f"continuing {run} from env step 1000" in proc.stdout
     assert not list(ckpt.glob("*.partial"))
     steps = logged_steps(run)
