@@ -89,6 +89,7 @@ class UpdateInfo(NamedTuple):
     q_mean: float  # mean Q(s, a) of the sampled actions
     grad_norm: float  # global norm of the averaged gradient, before clipping
     td_abs: np.ndarray  # [K, B] |TD error| per transition, for priorities
+    weights_finite: bool  # every online weight finite after the last update
 
 
 class Learner(tf.Module):
@@ -193,7 +194,10 @@ class Learner(tf.Module):
         """K fused updates; the inputs are Batch's first six fields, each [K, B, ...]."""
         outs = [self._one_update(*(x[k] for x in stacked)) for k in range(stacked[0].shape[0])]
         loss, q, norm, td = (tf.stack(x) for x in zip(*outs, strict=True))
-        return tf.reduce_mean(loss), tf.reduce_mean(q), tf.reduce_mean(norm), td
+        # The loss is computed before each step: an update that makes the weights
+        # non-finite shows only here (one reduction per weight, after the last step).
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.online.weights])
+        return tf.reduce_mean(loss), tf.reduce_mean(q), tf.reduce_mean(norm), td, finite
 
     def update(self, batches: Sequence[Batch]) -> UpdateInfo:
         """Run len(batches) updates in one compiled call."""
@@ -207,8 +211,8 @@ class Learner(tf.Module):
             specs = [tf.TensorSpec(x.shape, x.dtype) for x in stacked]
             self._update_concrete = self._compiled_update.get_concrete_function(*specs)
             self._update_shapes = shapes
-        loss, q, norm, td = self._update_concrete(*stacked)
-        return UpdateInfo(float(loss), float(q), float(norm), td.numpy())
+        loss, q, norm, td, finite = self._update_concrete(*stacked)
+        return UpdateInfo(float(loss), float(q), float(norm), td.numpy(), bool(finite))
 
     def _allreduce_only(self) -> tf.Tensor:
         size = sum(self.optimizer.sizes)

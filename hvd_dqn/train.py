@@ -175,7 +175,11 @@ class Trainer:
         t0 = time.perf_counter()
         result = s.learner.update(batches)
         s.window.record_updates(K, time.perf_counter() - t0, result.loss, result.q_mean)
-        finite = math.isfinite(result.loss) and bool(np.isfinite(result.td_abs).all())
+        finite = (
+            math.isfinite(result.loss)
+            and bool(np.isfinite(result.td_abs).all())
+            and result.weights_finite
+        )
         if ready and finite:  # a NaN priority would break the sum tree
             indices = np.concatenate([b.indices for b in batches])
             s.replay.update_priorities(indices, result.td_abs.ravel())

@@ -98,3 +98,12 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path: Path) 
         assert result["updates"] == 4
         assert result["moved"] > 1e-3  # the weights really changed...
         assert result["max_diff"] < 1e-5  # ...exactly as one process with 2B would
+
+
+def test_an_update_reports_whether_the_weights_are_finite_after_its_last_step() -> None:
+    cfg = LearnerConfig(lr=1e-2, target_update_period=1000)
+    learner = Learner((4,), np.float32, 2, NetworkConfig(hidden=(8, 8)), cfg, seed=0)
+    assert learner.update([_batch(8, 1), _batch(8, 2)]).weights_finite
+    w = learner.online.weights[0]
+    w.assign(np.where(np.arange(w.shape[-1]) == 0, np.inf, w.numpy()).astype(np.float32))
+    assert not learner.update([_batch(8, 3)]).weights_finite
