@@ -12,7 +12,7 @@
 #      Gloo on (NCCL too when HOROVOD_GPU_OPERATIONS=NCCL is set); skipped when the
 #      installed Horovod already imports against the installed TensorFlow, has what was
 #      asked (NCCL when asked) and TensorFlow was not just reinstalled. The wheel it
-#      compiles is kept in $WHEELS/<TensorFlow package>-<version>[-nccl]/, installed from
+#      compiles is kept in $WHEELS/<TensorFlow package>-<version>-py<X.Y>[-nccl]/, installed from
 #      there next time (the image build gets the one `make test` compiled, so CI compiles
 #      Horovod once); a kept wheel that does not import is removed and Horovod compiled;
 #   5. the package, editable, with $EXTRAS;
@@ -169,7 +169,8 @@ horovod_lacks() {
 # A kept wheel is only reused for the TensorFlow (and NCCL choice) it was compiled against.
 kept=""
 if [ -n "$WHEELS" ]; then
-  kept=$WHEELS/$(dist_name "$TF_PACKAGE")-$TF_VERSION${HOROVOD_GPU_OPERATIONS:+-${HOROVOD_GPU_OPERATIONS,,}}
+  py_tag=$("$PY" -c 'import sys; print(f"py{sys.version_info[0]}.{sys.version_info[1]}")')
+  kept=$WHEELS/$(dist_name "$TF_PACKAGE")-$TF_VERSION-$py_tag${HOROVOD_GPU_OPERATIONS:+-${HOROVOD_GPU_OPERATIONS,,}}
 fi
 install_kept_wheel() {
   local wheel
@@ -200,7 +201,9 @@ compile_horovod() {
     die "horovod $HVD_VERSION built, but $reason"
   fi
   if [ -n "$kept" ]; then
-    mkdir -p "$kept" && mv "$out"/horovod-*.whl "$kept"/ && say "kept the wheel in $kept"
+    mkdir -p "$kept"
+    mv "$out"/horovod-*.whl "$kept"/
+    say "kept the wheel in $kept"
   fi
   rm -rf "$out"
 }

@@ -21,7 +21,7 @@ command again to continue".
   and the rank stops as if signalled.
 - A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore,
   the first trace): it waits for the first vote, which stops the run with a checkpoint
-  and exit 75 like any other; the grace below starts only once the loop runs.
+  and exit 75 like any other; until the loop runs the grace below is STARTUP_GRACE.
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
   Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
   collective the dead rank never joins. So once a stop signal has arrived, a rank that
@@ -54,6 +54,7 @@ from collections.abc import Mapping
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
 SIGNAL_GRACE = 3.0  # seconds a signalled rank waits for the loop to reach the vote
+STARTUP_GRACE = 120.0  # the same before the loop runs (loading, restoring, tracing)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 SIGNALS_SET = set(SIGNALS)
 SUSPENDED = 5.0  # seconds the watch thread did not run: this process was stopped
@@ -93,7 +94,7 @@ class Interrupts:
         self._beat = time.monotonic()
         environ = os.environ if environ is None else environ
         self._rank = launcher_rank(environ)  # Horovod's, once configure() is called
-        self.starting = True  # until the loop runs: no signal grace (see the docstring)
+        self.starting = True  # until the loop runs: STARTUP_GRACE (see the docstring)
         self._parent = os.getppid()
         # Only a rank that an MPI launcher started directly watches it: a plain
         # `python`/`hvd-dqn` start may outlive its shell (nohup, a subshell) on purpose.
@@ -209,13 +210,14 @@ class Interrupts:
                 if grandparent is None or grandparent != self._grandparent:
                     self.launcher_lost = True
             idle = now - self._beat
-            if self.signal and not self.saving and not self.starting:
+            if self.signal and not self.saving:
                 waited = now - max(self._signal_time, self._beat)
-                if waited > SIGNAL_GRACE:
+                grace = STARTUP_GRACE if self.starting else SIGNAL_GRACE
+                if waited > grace:
                     name = signal.Signals(self.signal).name
                     print(
                         f"hvd-dqn: error: rank {self._rank}: {name} received but the other "
-                        f"ranks did not reach the next vote within {SIGNAL_GRACE:g} s (one "
+                        f"ranks did not reach the next vote within {grace:g} s (one "
                         f"died?); exiting without a checkpoint",
                         file=sys.stderr,
                         flush=True,

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import socket
@@ -335,6 +336,28 @@ def hold(
     return held
 
 
+def _wait_out_lease(
+    holder: dict[str, Any], renewed: int, now: int, stale_after: float, shown: str
+) -> bool:
+    """Sleep until the lease of `holder`'s lock (renewed at `renewed`, ns) has run out,
+    plus a second; a live holder renews it meanwhile. Returns True (waited)."""
+    left = max(0.0, stale_after - (now - renewed) / 1e9) + 1.0
+    _warn(
+        f"run directory {shown}: held by {describe(holder)}, which cannot be checked from "
+        f"here; waiting {left:.0f} s for its lease (renewed every {BEAT_EVERY:g} s) to run out"
+    )
+    time.sleep(left)
+    return True
+
+
+def _refusal(shown: str, holder: dict[str, Any] | None, why: str = "") -> ConfigError:
+    who = describe(holder) if holder is not None else "its lock cannot be read"
+    return ConfigError(
+        f"run directory {shown}: in use by another job ({who}{why}); stop it, wait for "
+        f"it to end or choose another --run-dir"
+    )
+
+
 def _this_job(token: str) -> dict[str, Any]:
     """What the lock file says of its holder: where, which process, since when."""
     return {
@@ -355,12 +378,7 @@ def _take(
     token = uuid.uuid4().hex
     me = _this_job(token)
 
-    def refuse(holder: dict[str, Any] | None, why: str = "") -> ConfigError:
-        who = describe(holder) if holder is not None else "its lock cannot be read"
-        return ConfigError(
-            f"run directory {shown}: in use by another job ({who}{why}); stop it, wait for "
-            f"it to end or choose another --run-dir"
-        )
+    refuse = functools.partial(_refusal, shown)
 
     # A live holder on this machine is refused before anything is written here.
     found = _read(lock)
@@ -373,6 +391,7 @@ def _take(
             f.flush()
             os.fsync(f.fileno())
         taken: tuple[dict[str, Any] | None, str] | None = None
+        waited = False
         for _ in range(20):
             if _link(private, lock, token):
                 if taken is not None:
@@ -387,6 +406,11 @@ def _take(
                 continue
             now = _server_now(private)
             why = _gone(found[0], found[1], now, stale_after)
+            if not why and not waited and found[0] is not None and not _same_pids(found[0]):
+                # A holder on another host (or pid namespace) cannot be checked from here:
+                # a requeued job after a node loss waits for its lease to run out once.
+                waited = _wait_out_lease(found[0], found[1], now, stale_after, shown)
+                continue
             if not why:
                 renewed = (
                     ""

@@ -145,8 +145,9 @@ class Trainer:
         return linear_schedule(e.eps_start, e.eps_end, e.eps_decay_steps, self.state.env_steps)
 
     def learn(self) -> bool:
-        """Pay the update debt: replay_ratio updates per env step of this rank, K per
-        compiled call. False as soon as an update's loss or TD errors are not finite."""
+        """Pay the update debt: replay_ratio updates per env step, K per compiled call.
+        False if any call's loss, TD errors or weights were not finite (the vote then
+        stops every rank; the calls go on until then, so every rank makes the same)."""
         s, K = self.state, self.cfg.learner.updates_per_call
         can_update, ready = self.membership.may_update(self)
         if not can_update:
@@ -154,11 +155,11 @@ class Trainer:
         s.update_debt += updates_per_iteration(
             self.cfg.learner, self.cfg.env.num_envs, self.world.size
         )
-        while s.update_debt >= K:
+        finite = True
+        while s.update_debt >= K:  # the same calls on every rank: each is an allreduce
             s.update_debt -= K
-            if not self._update(K, ready):
-                return False
-        return True
+            finite = self._update(K, ready) and finite
+        return finite
 
     def _update(self, K: int, ready: bool) -> bool:
         """K updates in one compiled call (gradients averaged over ranks inside), on one

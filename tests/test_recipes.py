@@ -295,7 +295,7 @@ def test_the_apptainer_definition_builds_from_the_saved_image() -> None:
     assert sections and set(sections) <= known
     assert "exec hvd-dqn" in text
     # slurm/train.sbatch runs it with `apptainer exec IMAGE hvd-dqn`.
-    assert 'apptainer exec "${nv[@]}"' in (ROOT / "slurm" / "train.sbatch").read_text()
+    assert 'apptainer exec ${nv[@]+"${nv[@]}"}' in (ROOT / "slurm" / "train.sbatch").read_text()
 
 
 def test_the_sbatch_script_defaults_by_tasks_per_node_and_passes_cpus_to_srun() -> None:
@@ -308,7 +308,7 @@ def test_the_sbatch_script_defaults_by_tasks_per_node_and_passes_cpus_to_srun() 
     assert "ntasks" not in options and "gpus-per-task" not in options
     assert options["nodes"] == "1" and options["ntasks-per-node"] == "2"
     (srun,) = [line for line in text.splitlines() if line.startswith("srun ")]
-    assert '"${cpus[@]}"' in srun
+    assert '${cpus[@]+"${cpus[@]}"}' in srun  # empty-safe under set -u on bash < 4.4
     assert 'cpus=(--cpus-per-task="$SLURM_CPUS_PER_TASK")' in text
     # GPUs: every GPU of a node visible to its ranks (NCCL peer-to-peer), not one each.
     assert "--gpus-per-node=4" in text and "NVIDIA/nccl#1066" in text
