@@ -94,6 +94,30 @@ class SumTree:
         return node - self.capacity
 
 
+def _arrays(
+    capacity: int,
+    num_envs: int,
+    obs_shape: tuple[int, ...],
+    obs_dtype: np.dtype | type,
+    stack: int,
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The replay's arrays, name -> (shape, dtype), each [capacity // num_envs, num_envs,
+    ...]: the newest frame of each step (the whole observation when nothing is stacked),
+    the action, the reward, three flags and the step's place in its episode."""
+    slots = (capacity // num_envs, num_envs)
+    frame_shape = tuple(obs_shape[1:]) if stack > 1 else tuple(obs_shape)
+    flag = (slots, np.dtype(bool))
+    return {
+        "frames": (slots + frame_shape, np.dtype(obs_dtype)),
+        "actions": (slots, np.dtype(np.int32)),
+        "rewards": (slots, np.dtype(np.float32)),
+        "terminated": flag,
+        "truncated": flag,
+        "is_final": flag,
+        "ep_step": (slots, np.dtype(np.int32)),  # steps since the episode's reset obs
+    }
+
+
 def replay_bytes(
     capacity: int,
     num_envs: int,
@@ -103,17 +127,13 @@ def replay_bytes(
     prioritized: bool = False,
 ) -> int:
     """What `Replay(capacity, num_envs, obs_shape, obs_dtype, stack=stack,
-    prioritized=prioritized)` allocates, in bytes, before allocating it.
-
-    Per slot: the newest frame, the action (int32), the reward (float32), three flags
-    (bool) and the episode step (int32); prioritized: the sum tree's 2 x 2^ceil(log2 n)
-    float64 nodes over its n = slots leaves.
-    """
+    prioritized=prioritized)` allocates, in bytes, before allocating it: its arrays
+    (`_arrays`, the one description of the layout) and, prioritized, the sum tree's
+    2 x 2^ceil(log2 n) float64 nodes over its n slots."""
+    arrays = _arrays(capacity, num_envs, obs_shape, obs_dtype, stack)
+    sizes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in arrays.values())
     slots = (capacity // num_envs) * num_envs
-    frame_shape = obs_shape[1:] if stack > 1 else obs_shape
-    frame = int(np.prod(frame_shape)) * np.dtype(obs_dtype).itemsize
-    tree = 2 * SumTree.leaves_for(slots) * 8 if prioritized else 0
-    return slots * (frame + 4 + 4 + 3 + 4) + tree
+    return sizes + (2 * SumTree.leaves_for(slots) * 8 if prioritized else 0)
 
 
 _USE_MEMORY = 0.8  # a rank's replay may take at most this share of its host's free memory
@@ -136,6 +156,15 @@ def check_replay_fits(need: int, capacity: int, ranks_here: int) -> int:
 class Replay:
     """Per-rank replay over `num_envs` lanes; see the module docstring for the layout."""
 
+    # Allocated from `_arrays`, each [lane, num_envs, ...].
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    is_final: np.ndarray
+    ep_step: np.ndarray
+
     def __init__(
         self,
         capacity: int,
@@ -156,15 +185,9 @@ class Replay:
             raise ValueError(f"replay capacity {capacity} too small for {num_envs} envs")
         self.num_envs, self.stack, self.n_step, self.gamma = num_envs, stack, n_step, gamma
         self.obs_shape = tuple(obs_shape)
-        frame_shape = self.obs_shape[1:] if stack > 1 else self.obs_shape
-        shape = (self.lane, num_envs)
-        self.frames = np.zeros(shape + frame_shape, dtype=obs_dtype)
-        self.actions = np.zeros(shape, dtype=np.int32)
-        self.rewards = np.zeros(shape, dtype=np.float32)
-        self.terminated = np.zeros(shape, dtype=bool)
-        self.truncated = np.zeros(shape, dtype=bool)
-        self.is_final = np.zeros(shape, dtype=bool)
-        self.ep_step = np.zeros(shape, dtype=np.int32)  # steps since the episode's reset obs
+        layout = _arrays(capacity, num_envs, self.obs_shape, obs_dtype, stack)
+        for name, (shape, dtype) in layout.items():
+            setattr(self, name, np.zeros(shape, dtype=dtype))
         self.t = 0  # vector steps added so far
         self._next_ep_step = np.zeros(num_envs, dtype=np.int32)
         self._prev_ended = np.zeros(num_envs, dtype=bool)
@@ -175,17 +198,8 @@ class Replay:
 
     @property
     def nbytes(self) -> int:
-        arrays = (
-            self.frames,
-            self.actions,
-            self.rewards,
-            self.terminated,
-            self.truncated,
-            self.is_final,
-            self.ep_step,
-        )
         tree = self.tree.nodes.nbytes if self.tree is not None else 0
-        return sum(a.nbytes for a in arrays) + tree
+        return sum(getattr(self, name).nbytes for name in self._ARRAYS) + tree
 
     def _bounds(self) -> tuple[int, int]:
         """Oldest and newest sampleable time (inclusive)."""
