@@ -161,12 +161,12 @@ class Learner(tf.Module):
         weights: tf.Tensor,
     ) -> tuple[tf.Tensor, ...]:
         cfg = self.cfg
-        batch = tf.shape(a_tm1)[0]
+        # The target's inputs need no gradient: computed outside the tape, so the
+        # backward pass runs over the B rows of s_tm1 only.
+        q_t_online = self.online(obs_t)  # [B, A]
+        q_t_target = self.target(obs_t)  # [B, A]
         with tf.GradientTape() as tape:
-            # One forward pass of the online net over s_tm1 and s_t together.
-            q_both = self.online(tf.concat([obs_tm1, obs_t], axis=0))  # [2B, A]
-            q_tm1, q_t_online = q_both[:batch], q_both[batch:]
-            q_t_target = self.target(obs_t)  # [B, A]
+            q_tm1 = self.online(obs_tm1)  # [B, A]
             y = double_q_target(r_t, discount_t, q_t_online, q_t_target, cfg.double_dqn)
             q_a = tf.gather(q_tm1, a_tm1, axis=1, batch_dims=1)  # [B]
             td = y - q_a

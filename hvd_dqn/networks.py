@@ -107,7 +107,8 @@ class QNetwork(tf.Module):
         if self.torso == "nature":
             x = tf.transpose(x, [0, 2, 3, 1]) / 255.0  # [B, 84, 84, 4], pixels in [0, 1]
         for w, b, stride in self.convs:
-            x = tf.nn.relu(tf.nn.conv2d(x, w, stride, "VALID") + b)
+            conv = _conv_as_matmul if self.torso == "minatar" else tf.nn.conv2d
+            x = tf.nn.relu(conv(x, w, stride, "VALID") + b)
         x = tf.reshape(x, [tf.shape(x)[0], -1])  # [B, features]
         for w, b in self.layers:
             x = tf.nn.relu(x @ w + b)
@@ -133,6 +134,31 @@ class QNetwork(tf.Module):
         for w, b in (self.value + self.advantage) if self.dueling else self.head:
             out += [w, b]
         return out
+
+
+def _conv_as_matmul(x: tf.Tensor, w: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
+    """tf.nn.conv2d(x, w, stride, "VALID") as one matmul of its patches (im2col).
+
+    x: [B, H, W, C]; w: [k, k, C, F]. Row (i, j) of the output is the dot product of the
+    k x k x C patch at (i * stride, j * stride) with w flattened in its own (i, j, c)
+    order. For a conv as small as MinAtar's this is faster than TensorFlow's conv
+    kernels on a CPU, forward and backward (docs/performance.md).
+    """
+    assert padding == "VALID"
+    k, _, c, f = w.shape
+    out_h = (x.shape[1] - k) // stride + 1
+    out_w = (x.shape[2] - k) // stride + 1
+    span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    patches = tf.concat(
+        [
+            x[:, i : i + span_h : stride, j : j + span_w : stride, :]
+            for i in range(k)
+            for j in range(k)
+        ],
+        axis=-1,
+    )  # [B, out_h, out_w, k*k*C]
+    flat = tf.reshape(patches, [-1, k * k * c]) @ tf.reshape(w, [k * k * c, f])
+    return tf.reshape(flat, [-1, out_h, out_w, f])
 
 
 def _mlp(x: tf.Tensor, layers: list[tuple[tf.Variable, tf.Variable]]) -> tf.Tensor:
