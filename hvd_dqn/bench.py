@@ -1,9 +1,13 @@
 """Benchmarks that print tables and write JSON: act, update, scaling, solve.
 
     hvd-dqn bench act      [--json F]   env steps/s per rank by envs per rank
-    hvd-dqn bench update   [--json F]   ms per update, compute vs allreduce, 1 vs 2 ranks
+    hvd-dqn bench update   [--json F]   ms per update, compute vs allreduce, 1 vs 2 ranks,
+                                        its FLOPs and share of this core's matmul rate
     hvd-dqn bench scaling  [--json F]   aggregate throughput at 1 and 2 ranks
     hvd-dqn bench solve --seeds 0,1,2 [--np 2] [--json F]   time to solve CartPole-v1
+    hvd-dqn bench scaling-to-score --config minatar [--ranks 1,2] [--json F]
+                                        time and env steps to the preset's score by
+                                        world size and batch scope, p ranks on p cores
     hvd-dqn bench faults   [--json F]   signals, deaths, stalls: seconds until every rank
                                         exited, exit code, checkpoint left
 
@@ -144,8 +148,28 @@ def bench_act(json_path: str | None, steps: int = 2000) -> dict[str, Any]:
 UPDATE_CASES: list[tuple[str, tuple[int, ...], str, int, tuple[int, ...], int]] = [
     ("mlp", (4,), "float32", 2, (64, 64), 128),  # the cartpole preset
     ("mlp", (4,), "float32", 2, (64, 64), 512),
+    ("minatar", (10, 10, 4), "bool", 3, (128,), 32),  # the minatar preset (Breakout)
+    ("minatar", (10, 10, 4), "bool", 3, (128,), 16),  # its share at 2 ranks, global batch
     ("nature", (4, 84, 84), "uint8", 6, (512,), 32),
 ]
+
+
+def update_flops(forward_flops: int, batch: int) -> int:
+    """FLOPs of one DQN update: three forward passes over the batch (online on s_tm1
+    and s_t, target on s_t) and the backward pass of the first, about twice its
+    forward (the weights' and the inputs' gradients): 5 x batch x forward."""
+    return 5 * batch * forward_flops
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This thread's float32 matmul rate (GFLOP/s): the roof the update is measured
+    against (TensorFlow's own kernel at the size it runs fastest)."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    matmul = tf.function(lambda: tf.matmul(a, a))
+    matmul().numpy()
+    return 2 * n**3 / _median_time(lambda: matmul().numpy(), repeats, 4) / 1e9
 
 
 def _time_update_case(
@@ -203,6 +227,7 @@ def _time_update_case(
         "ms_allreduce": 1e3 * max(0.0, t_full - t_compute),
         "ms_allreduce_alone": 1e3 * t_alone if world.size > 1 else 0.0,
         "params": sum(int(np.prod(w.shape)) for w in both.online.weights),
+        "mflop": update_flops(both.online.forward_flops(), batch) / 1e6,
     }
 
 
@@ -212,7 +237,12 @@ def update_worker(out: str | None, fused: int = 4) -> list[dict[str, Any]]:
 
     world = distributed.init(threads=1)
     rng = np.random.default_rng(world.rank)
+    peak = matmul_gflops()
     rows = [_time_update_case(case, world, rng, fused) for case in UPDATE_CASES]
+    for row in rows:  # the compute's share of the matmul roof (allreduce left out)
+        row["gflop_s"] = row["mflop"] / row["ms_compute"]
+        row["roofline"] = row["gflop_s"] / peak
+        row["matmul_gflop_s"] = peak
     if world.is_chief and out:
         atomic_write(Path(out), json.dumps(rows))
     distributed.shutdown()
@@ -251,10 +281,16 @@ def bench_update(json_path: str | None, np_: int = 2) -> dict[str, Any]:
                 "ms_compute",
                 "ms_allreduce",
                 "vs_1_process",
+                "mflop",
+                "gflop_s",
+                "roofline",
             ],
         )
     )
     result = {"bench": "update", "fused_updates_per_call": 4, "threads_per_rank": 1, "rows": rows}
+    print(
+        f"roofline: the compute's GFLOP/s over this thread's matmul rate, {rows[0]['matmul_gflop_s']:.1f} GFLOP/s"
+    )
     _write(json_path, result)
     return result
 
@@ -485,6 +521,116 @@ def bench_efficiency(
         "runs": runs,
     }
     _write(json_path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# scaling to score: time and env steps to a target score as ranks are added
+# ---------------------------------------------------------------------------------------
+
+
+def _pinned(ranks: int, cmd: list[str]) -> tuple[list[str], bool]:
+    """`cmd` pinned to cores 0..ranks-1 (one per rank) when this machine has that many
+    usable cores, else unpinned; and whether it was pinned (its time is then real)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if ranks > len(cores):
+        return cmd, False
+    return ["taskset", "-c", ",".join(str(c) for c in cores[:ranks]), *cmd], True
+
+
+def _to_score_run(ranks: int, mode: str, seed: int, run: Path, args: list[str]) -> dict:
+    """One run to the preset's score: p ranks on p cores, one TensorFlow thread each."""
+    train = [
+        str(BIN / "hvd-dqn"), "train", "--run-dir", str(run), "--no-progress",
+        "--seed", str(seed), f"--set=learner.batch_scope={mode}", "--set=run.threads=1", *args,
+    ]  # fmt: skip
+    launcher = [str(BIN / "horovodrun"), "-np", str(ranks)] if ranks > 1 else []
+    cmd, pinned = _pinned(ranks, [*launcher, *train])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_quiet_env(), timeout=4 * 3600)
+    if proc.returncode != 0:
+        tail = (proc.stderr + proc.stdout).splitlines()[-3:]
+        raise RuntimeError(f"{' '.join(cmd)} failed: {' | '.join(tail)}")
+    summary = json.loads((run / "summary.json").read_text())
+    evals = [(r["env_steps"], r["wall_seconds"], r["return_mean"]) for r in read_rows(run, "eval")]
+    return {
+        "ranks": ranks,
+        "mode": mode,
+        "seed": seed,
+        "pinned": pinned,
+        "solved": summary["solved_at_env_steps"] is not None,
+        "env_steps": summary["solved_at_env_steps"] or summary["env_steps"],
+        "train_seconds": summary["train_seconds"],
+        "env_steps_per_s": summary["env_steps"] / summary["train_seconds"],
+        "evals": evals,
+    }
+
+
+def _to_score_row(ranks: int, mode: str, runs: list[dict], base: dict | None) -> dict:
+    """The median over seeds of one (ranks, mode); its time measured when the ranks had a
+    core each, else projected from the per-rank rate of the largest measured world."""
+    mine = [r for r in runs if (r["ranks"], r["mode"]) == (ranks, mode)]
+    steps = statistics.median(r["env_steps"] for r in mine)
+    row = {
+        "ranks": ranks,
+        "mode": mode if ranks > 1 else "(any)",
+        "seeds": len(mine),
+        "solved": sum(r["solved"] for r in mine),
+        "env_steps": steps,
+        "seconds": statistics.median(r["train_seconds"] for r in mine),
+        "time": "measured",
+    }
+    if not all(r["pinned"] for r in mine):
+        measured = [r for r in runs if r["pinned"] and (r["mode"] == mode or r["ranks"] == 1)]
+        largest = max(r["ranks"] for r in measured)
+        rate = statistics.median(
+            r["env_steps_per_s"] / r["ranks"] for r in measured if r["ranks"] == largest
+        )
+        row["seconds"] = steps / (rate * ranks)
+        row["time"] = f"projected from {largest} ranks"
+    if base is not None:
+        row["speedup"] = base["seconds"] / row["seconds"]
+        row["time_vs_1"] = row["seconds"] / base["seconds"]
+    return row
+
+
+def bench_scaling_to_score(
+    json_path: str | None,
+    ranks: Sequence[int] = (1, 2),
+    modes: Sequence[str] = ("rank", "global"),
+    seeds: Sequence[int] = (0, 1, 2),
+    config: str = "minatar",
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Time and env steps until the greedy evaluation reaches the preset's score
+    (run.stop_at_return), at each world size and batch scope, over seeds.
+
+    The hardware is fixed per rank: p ranks run on p cores (taskset) with one
+    TensorFlow thread each, so 1 process on 1 core against p ranks on p cores is the
+    question "what does adding a GPU buy". A world larger than this machine's cores runs
+    oversubscribed: its env steps to the score are real, its time is projected from
+    the per-rank env steps/s of the largest world that had a core per rank (labelled).
+    """
+    cases = [(p, mode) for p in ranks for mode in (modes if p > 1 else modes[:1])]
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p, mode in cases:
+            for seed in seeds:
+                run = Path(tmp) / f"np{p}-{mode}-seed{seed}"
+                runs.append(_to_score_run(p, mode, seed, run, ["--config", config, *extra]))
+                print(f"  {p} rank(s), {mode}, seed {seed}: {runs[-1]['env_steps']:,} env "
+                      f"steps, {runs[-1]['train_seconds']:.1f} s", flush=True)  # fmt: skip
+    rows: list[dict] = []
+    for p, mode in cases:
+        rows.append(_to_score_row(p, mode, runs, rows[0] if rows else None))
+    columns = ["ranks", "mode", "seeds", "solved", "env_steps", "seconds", "time_vs_1"]
+    print(_table(rows, [*columns, "speedup", "time"]))
+    result: dict[str, Any] = {"bench": "scaling-to-score", "config": config}
+    result |= {"extra": list(extra), "rows": rows, "runs": runs}
+    _write(json_path, result)
+    if json_path:
+        from hvd_dqn.plot import plot_to_score
+
+        plot_to_score(result, str(Path(json_path).with_suffix(".png")))
     return result
 
 

@@ -143,7 +143,16 @@ def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks: tables on stdout, JSON with --json")
     bench.add_argument(
         "which",
-        choices=("act", "update", "scaling", "solve", "efficiency", "faults", "update-worker"),
+        choices=(
+            "act",
+            "update",
+            "scaling",
+            "solve",
+            "efficiency",
+            "scaling-to-score",
+            "faults",
+            "update-worker",
+        ),
     )
     bench.add_argument("--json", help="write the results to this file")
     bench.add_argument("--np", type=_whole, default=2, help="ranks for multi-rank runs (2)")
@@ -155,7 +164,10 @@ def _add_bench(sub: Any) -> None:
         default="cartpole",
         help="solve, scaling, efficiency: preset or YAML (cartpole)",
     )
-    bench.add_argument("--ranks", default="1,2,4", help="efficiency: world sizes (1,2,4)")
+    bench.add_argument("--ranks", help="efficiency, scaling-to-score: world sizes (1,2,4; 1,2)")
+    bench.add_argument(
+        "--modes", default="rank,global", help="scaling-to-score: learner.batch_scope values"
+    )
     bench.add_argument(
         "--rules", default="none,linear,sqrt", help="efficiency: learner.lr_scaling rules"
     )
@@ -256,9 +268,16 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         default_seeds = "0,1,2,3,4" if args.which == "efficiency" else "0,1,2"
         seeds = _ints("--seeds", args.seeds or default_seeds)
-        ranks = _ints("--ranks", args.ranks, lo=1)
+        to_score = args.which == "scaling-to-score"
+        ranks = _ints("--ranks", args.ranks or ("1,2" if to_score else "1,2,4"), lo=1)
         load(args.config, args.overrides)  # refuse a bad config before any run starts
         extra = [f"--set={o}" for o in args.overrides]
+        if to_score:
+            modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+            for mode in modes:  # each one a valid learner.batch_scope
+                load(args.config, [*args.overrides, f"learner.batch_scope={mode}"])
+            bench.bench_scaling_to_score(args.json, ranks, modes, seeds, args.config, extra)
+            return 0
         if args.which == "solve":
             bench.bench_solve(args.json, seeds, args.np, args.config, extra, args.keep)
             return 0

@@ -123,6 +123,18 @@ class QNetwork(tf.Module):
         a = _mlp(x, self.advantage)  # [B, A]
         return v + a - tf.reduce_mean(a, axis=1, keepdims=True)
 
+    def forward_flops(self) -> int:
+        """FLOPs (2 per multiply-add) of one observation's forward pass through the convs
+        and dense layers; biases, activations and the dueling mean are left out."""
+        size = self.obs_shape[1] if self.torso == "nature" else self.obs_shape[0]
+        flops = 0
+        for w, _, stride in self.convs:
+            k, _, c_in, c_out = w.shape
+            size = (size - k) // stride + 1
+            flops += 2 * k * k * c_in * c_out * size * size
+        dense = self.layers + (self.value + self.advantage if self.dueling else self.head)
+        return flops + sum(2 * int(np.prod(w.shape)) for w, _ in dense)
+
     @property
     def weights(self) -> list[tf.Variable]:
         """All variables in a fixed order (for target sync, broadcast, export)."""

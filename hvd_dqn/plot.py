@@ -112,6 +112,29 @@ def plot_efficiency(bench_json: str, out: str) -> None:
     print(f"wrote {out}")
 
 
+def plot_to_score(bench: dict, out: str) -> None:
+    """A `bench scaling-to-score` result: the greedy return against training wall-clock,
+    one line per (ranks, batch scope), each run of the first seed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    first_seed = min(r["seed"] for r in bench["runs"])
+    for i, run in enumerate(r for r in bench["runs"] if r["seed"] == first_seed):
+        _, seconds, returns = zip(*run["evals"], strict=True) if run["evals"] else ((), (), ())
+        label = f"{run['ranks']} rank{'s' if run['ranks'] > 1 else ''}"
+        label += f", {run['mode']}" if run["ranks"] > 1 else ""
+        label += "" if run["pinned"] else " (oversubscribed: time not comparable)"
+        ax.plot(seconds, returns, marker="o", ms=3, color=f"C{i}", label=label)
+    ax.set(
+        xlabel="training wall-clock (s), a core per rank",
+        ylabel="greedy evaluation return",
+        title=f"{bench.get('config', '')}: seed {first_seed}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def _game(run: Path) -> str:
     """The game of a run's env id: MinAtar/Breakout-v1 -> Breakout."""
     if not (run / "config.yaml").exists():

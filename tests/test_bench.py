@@ -33,3 +33,46 @@ def test_efficiency_runs_every_world_size_and_rule_at_equal_env_steps(tmp_path: 
     assert proc.returncode == 0, proc.stderr[-2000:]
     png = tmp_path / "eff-efficiency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.distributed
+def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "to-score.json"
+    args = ["bench", "scaling-to-score", "--config", "cartpole", "--ranks", "1,2", "--seeds", "0"]
+    sets = ["run.total_steps=2000", "run.stop_at_return=none", "run.eval_every=1000"]
+    sets += ["run.eval_episodes=2", "learner.learning_starts=500"]
+    proc = hvd_dqn([*args, *(f"--set={s}" for s in sets), "--json", str(out)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [(r["ranks"], r["mode"]) for r in result["rows"]] == [
+        (1, "(any)"),
+        (2, "rank"),
+        (2, "global"),
+    ]
+    for run in result["runs"]:  # a core per rank here (2 cores), the whole budget, 2 evals
+        assert run["pinned"] and not run["solved"] and run["env_steps"] == 2000, run
+        (first, _, _), (last, _, _) = run["evals"]  # at the iteration reaching 1000, at the end
+        assert 1000 <= first < 1000 + 16 and last == 2000, run
+    assert result["rows"][0]["time"] == "measured"
+    assert "time_vs_1" in proc.stdout
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_world_larger_than_the_cores_gets_a_projected_time_from_the_measured_rate() -> None:
+    from hvd_dqn.bench import _to_score_row
+
+    def run(ranks: int, mode: str, pinned: bool, steps: int, rate: float) -> dict:
+        return {"ranks": ranks, "mode": mode, "seed": 0, "pinned": pinned, "solved": True,
+                "env_steps": steps, "train_seconds": steps / rate, "env_steps_per_s": rate}  # fmt: skip
+
+    runs = [run(1, "rank", True, 100_000, 500.0), run(2, "global", True, 100_000, 800.0)]
+    runs.append(run(4, "global", False, 120_000, 300.0))  # oversubscribed: its rate is not real
+    base = _to_score_row(1, "rank", runs, None)
+    assert base["seconds"] == 200.0 and base["time"] == "measured"
+    four = _to_score_row(4, "global", runs, base)
+    # 120k steps at 4 x the 2-rank run's 400 env steps/s per rank
+    assert four["seconds"] == 120_000 / 1600 and four["time"] == "projected from 2 ranks"
+    assert four["speedup"] == 200.0 / 75.0

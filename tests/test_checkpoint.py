@@ -207,10 +207,10 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(tmp_path: Pat
 @pytest.mark.parametrize(
     ("config", "extra"),
     [
-        ("minatar", ["replay.capacity=4000", "learner.learning_starts=500"]),
+        ("minatar", ["replay.capacity=4000", "learner.learning_starts=200"]),
         (
             "atari",
-            ["replay.capacity=2000", "learner.learning_starts=400", "env.num_envs=2"],
+            ["replay.capacity=2000", "learner.learning_starts=200", "env.num_envs=2"],
         ),
     ],
     ids=["minatar", "atari"],
@@ -219,7 +219,7 @@ def test_every_preset_stops_on_sigterm_and_the_same_command_finishes_it(
     tmp_path: Path, config: str, extra: list[str]
 ) -> None:
     run = tmp_path / config
-    steps = 2400
+    steps = 1600
     args = train_args(
         config,
         steps,
@@ -232,14 +232,14 @@ def test_every_preset_stops_on_sigterm_and_the_same_command_finishes_it(
     )
     proc = launch(args, np=2)
     try:
-        wait_for(lambda: any(s >= 800 for s in logged_steps(run)), proc, timeout=400)
+        wait_for(lambda: any(s >= 400 for s in logged_steps(run)), proc, timeout=400)
         for pid in rank_pids(run).values():  # as srun and Kubernetes do: every task
             os.kill(pid, signal.SIGTERM)
         proc.wait(timeout=120)
     finally:
         kill_all(str(run))
     stopped = checkpoints(run)
-    assert stopped and 800 <= stopped[-1] < steps, proc.stderr.read()  # type: ignore[union-attr]
+    assert stopped and 400 <= stopped[-1] < steps, proc.stderr.read()  # type: ignore[union-attr]
     proc = launch(args, np=2)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]

@@ -191,7 +191,7 @@ def test_processes_that_each_think_they_are_alone_fail_loudly() -> None:
 def test_runtime_defaults_respect_the_user_and_the_cores() -> None:
     from hvd_dqn.distributed import runtime_defaults
 
-    two_ranks = {"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    two_ranks = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
     # One CPU per rank: the rank and its Horovod thread share it.
     assert runtime_defaults(two_ranks, cpus_per_rank=1) == {
         "HOROVOD_CYCLE_TIME": "0.01",
@@ -200,6 +200,10 @@ def test_runtime_defaults_respect_the_user_and_the_cores() -> None:
     assert runtime_defaults(two_ranks, cpus_per_rank=4) == {"HOROVOD_CYCLE_TIME": "0.01"}
     user = {**two_ranks, "HOROVOD_CYCLE_TIME": "5", "OMPI_MCA_mpi_yield_when_idle": "0"}
     assert runtime_defaults(user, cpus_per_rank=1) == {}
+    # A process alone (no launcher, or a world of one): Horovod's thread has nothing to
+    # coordinate and keeps its default cycle instead of waking every 10 us.
+    assert runtime_defaults({}, cpus_per_rank=1) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert runtime_defaults({"OMPI_COMM_WORLD_SIZE": "1"}, cpus_per_rank=4) == {}
 
 
 def test_the_ranks_on_this_host_are_read_from_every_launcher() -> None:

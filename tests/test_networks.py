@@ -32,3 +32,13 @@ def test_the_conv_as_one_matmul_is_tensorflows_conv_forward_and_backward(
     assert outs[0].shape == outs[1].shape
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+
+
+def test_forward_flops_counts_each_multiply_add_of_the_minatar_network_twice() -> None:
+    from hvd_dqn.config import NetworkConfig
+    from hvd_dqn.networks import QNetwork
+
+    net = QNetwork((10, 10, 4), 3, NetworkConfig(torso="minatar", hidden=(128,), dueling=False), 0)
+    conv = 2 * (3 * 3 * 4) * 16 * (8 * 8)  # a 3x3x4 patch per output, 16 filters, 8x8 outputs
+    dense = 2 * (8 * 8 * 16) * 128 + 2 * 128 * 3
+    assert net.forward_flops() == conv + dense == 336_640

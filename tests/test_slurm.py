@@ -46,6 +46,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 JobRequeue=1
+SchedulerParameters=sched_interval=2,bf_interval=1
 ReturnToService=2
 KillWait=30
 AccountingStorageType=accounting_storage/none

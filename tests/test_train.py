@@ -354,11 +354,11 @@ def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -
     updates = {}
     for name, np_, scope in [("one", 1, "rank"), ("global", 2, "global"), ("rank", 2, "rank")]:
         run = tmp_path / name
-        args = train_args("cartpole", 3072, run, *sets, f"learner.batch_scope={scope}")
+        args = train_args("cartpole", 2048, run, *sets, f"learner.batch_scope={scope}")
         proc = horovodrun([str(BIN / "hvd-dqn"), *args], np=np_)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["env_steps"] == 3072
+        assert summary["env_steps"] == 2048
         updates[name] = summary["updates"]
     # Equal up to where the first iteration past learning_starts falls (8 updates at most:
     # one iteration of 2 ranks x 8 envs x replay_ratio 0.5).
@@ -366,7 +366,7 @@ def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -
     assert abs(2 * updates["rank"] - updates["one"]) <= 8, updates
     # A batch that 2 ranks cannot share equally is refused with one line, at once.
     run = tmp_path / "odd"
-    args = train_args("cartpole", 3072, run, "learner.batch_scope=global", "learner.batch_size=127")
+    args = train_args("cartpole", 2048, run, "learner.batch_scope=global", "learner.batch_size=127")
     proc = horovodrun([str(BIN / "hvd-dqn"), *args], np=2)
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
