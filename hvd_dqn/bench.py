@@ -162,8 +162,8 @@ def update_flops(forward_flops: int, batch: int) -> int:
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """This thread's float32 matmul rate (GFLOP/s): the roof the update is measured
-    against (TensorFlow's own kernel at the size it runs fastest)."""
+    """This thread's float32 matmul rate (GFLOP/s) at n x n, n=1024: the roof the
+    update is measured against (TensorFlow's own kernel on a size it runs well)."""
     import tensorflow as tf
 
     a = tf.random.normal([n, n])
@@ -241,7 +241,7 @@ def update_worker(out: str | None, fused: int = 4) -> list[dict[str, Any]]:
     rows = [_time_update_case(case, world, rng, fused) for case in UPDATE_CASES]
     for row in rows:  # the compute's share of the matmul roof (allreduce left out)
         row["gflop_s"] = row["mflop"] / row["ms_compute"]
-        row["roofline"] = row["gflop_s"] / peak
+        row["roofline_pct"] = 100 * row["gflop_s"] / peak
         row["matmul_gflop_s"] = peak
     if world.is_chief and out:
         atomic_write(Path(out), json.dumps(rows))
@@ -283,14 +283,13 @@ def bench_update(json_path: str | None, np_: int = 2) -> dict[str, Any]:
                 "vs_1_process",
                 "mflop",
                 "gflop_s",
-                "roofline",
+                "roofline_pct",
             ],
         )
     )
     result = {"bench": "update", "fused_updates_per_call": 4, "threads_per_rank": 1, "rows": rows}
-    print(
-        f"roofline: the compute's GFLOP/s over this thread's matmul rate, {rows[0]['matmul_gflop_s']:.1f} GFLOP/s"
-    )
+    peak = rows[0]["matmul_gflop_s"]
+    print(f"roofline_pct: the compute's GFLOP/s in % of this thread's matmul, {peak:.1f} GFLOP/s")
     _write(json_path, result)
     return result
 
@@ -530,8 +529,9 @@ def bench_efficiency(
 
 
 def _pinned(ranks: int, cmd: list[str]) -> tuple[list[str], bool]:
-    """`cmd` pinned to cores 0..ranks-1 (one per rank) when this machine has that many
-    usable cores, else unpinned; and whether it was pinned (its time is then real)."""
+    """`cmd` pinned to the first `ranks` of this process's CPUs when it has that many,
+    else unpinned; and whether it was pinned (its time is then real). The ranks share
+    that set (horovodrun binds none), as many CPUs as ranks, one TensorFlow thread each."""
     cores = sorted(os.sched_getaffinity(0))
     if ranks > len(cores):
         return cmd, False
@@ -570,7 +570,7 @@ def _to_score_row(ranks: int, mode: str, runs: list[dict], base: dict | None) ->
     core each, else projected from the per-rank rate of the largest measured world."""
     mine = [r for r in runs if (r["ranks"], r["mode"]) == (ranks, mode)]
     steps = statistics.median(r["env_steps"] for r in mine)
-    row = {
+    row: dict[str, Any] = {
         "ranks": ranks,
         "mode": mode if ranks > 1 else "(any)",
         "seeds": len(mine),
@@ -581,6 +581,9 @@ def _to_score_row(ranks: int, mode: str, runs: list[dict], base: dict | None) ->
     }
     if not all(r["pinned"] for r in mine):
         measured = [r for r in runs if r["pinned"] and (r["mode"] == mode or r["ranks"] == 1)]
+        if not measured:  # no world had a CPU per rank: nothing to project from
+            row["seconds"], row["time"] = float("nan"), "not measurable here"
+            return row
         largest = max(r["ranks"] for r in measured)
         rate = statistics.median(
             r["env_steps_per_s"] / r["ranks"] for r in measured if r["ranks"] == largest
@@ -598,7 +601,7 @@ def bench_scaling_to_score(
     ranks: Sequence[int] = (1, 2),
     modes: Sequence[str] = ("rank", "global"),
     seeds: Sequence[int] = (0, 1, 2),
-    config: str = "minatar",
+    config: str = "cartpole",
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Time and env steps until the greedy evaluation reaches the preset's score
@@ -610,11 +613,12 @@ def bench_scaling_to_score(
     oversubscribed: its env steps to the score are real, its time is projected from
     the per-rank env steps/s of the largest world that had a core per rank (labelled).
     """
+    ranks = sorted({1, *ranks})  # one process first: the baseline of every speedup
     cases = [(p, mode) for p in ranks for mode in (modes if p > 1 else modes[:1])]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for p, mode in cases:
-            for seed in seeds:
+            for seed in dict.fromkeys(seeds):
                 run = Path(tmp) / f"np{p}-{mode}-seed{seed}"
                 runs.append(_to_score_run(p, mode, seed, run, ["--config", config, *extra]))
                 print(f"  {p} rank(s), {mode}, seed {seed}: {runs[-1]['env_steps']:,} env "

@@ -157,12 +157,14 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--json", help="write the results to this file")
     bench.add_argument("--np", type=_whole, default=2, help="ranks for multi-rank runs (2)")
     bench.add_argument(
-        "--seeds", help="solve, efficiency: comma-separated seeds (0,1,2; 0-4 for efficiency)"
+        "--seeds",
+        help="solve, efficiency, scaling-to-score: comma-separated seeds (0,1,2; 0-4 for "
+        "efficiency)",
     )
     bench.add_argument(
         "--config",
         default="cartpole",
-        help="solve, scaling, efficiency: preset or YAML (cartpole)",
+        help="solve, scaling, efficiency, scaling-to-score: preset or YAML (cartpole)",
     )
     bench.add_argument("--ranks", help="efficiency, scaling-to-score: world sizes (1,2,4; 1,2)")
     bench.add_argument(
@@ -181,7 +183,7 @@ def _add_bench(sub: Any) -> None:
         action="append",
         default=[],
         metavar="SECTION.FIELD=VALUE",
-        help="solve, efficiency: config overrides",
+        help="solve, efficiency, scaling-to-score: config overrides",
     )
 
 
@@ -274,8 +276,16 @@ def _bench(args: argparse.Namespace) -> int:
         extra = [f"--set={o}" for o in args.overrides]
         if to_score:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+            if not modes:
+                return _fail(f"--modes {args.modes!r}: expected rank, global or both", EXIT_USAGE)
             for mode in modes:  # each one a valid learner.batch_scope
-                load(args.config, [*args.overrides, f"learner.batch_scope={mode}"])
+                cfg = load(args.config, [*args.overrides, f"learner.batch_scope={mode}"])
+            if cfg.run.stop_at_return is None:
+                return _fail(
+                    f"--config {args.config}: run.stop_at_return is none, so no run would "
+                    f"reach a score; give one, e.g. --set run.stop_at_return=10",
+                    EXIT_USAGE,
+                )
             bench.bench_scaling_to_score(args.json, ranks, modes, seeds, args.config, extra)
             return 0
         if args.which == "solve":

@@ -198,13 +198,17 @@ def local_ranks(environ: Mapping[str, str]) -> int:
     return int(local) if local and local.isdigit() else 1
 
 
-def runtime_defaults(environ: Mapping[str, str], cpus_per_rank: int) -> dict[str, str]:
+def runtime_defaults(
+    environ: Mapping[str, str], cpus_per_rank: int, expect_size: int | None = None
+) -> dict[str, str]:
     """Horovod and Open MPI settings to use where the user has not set them.
 
     HOROVOD_CYCLE_TIME=0.01 (ms), in a world of more than one process: Horovod's
     background thread starts a coordination round at most this long after a tensor is
     ready (default 1 ms). A DQN update is ~1 ms, so the default cycle nearly doubled
-    each update; measured on 2 cores. A process alone has nothing to coordinate, and
+    each update; measured on 2 cores. A process alone (by the launcher's variables or
+    --expect-world-size; an elastic job that starts alone keeps it) has nothing to
+    coordinate, and
     there the short cycle only wakes the thread every 10 us on the core the training
     needs: MinAtar's update took 6.1 instead of 3.0 ms on one core.
     OMPI_MCA_mpi_yield_when_idle=1 when a rank and its Horovod thread outnumber the
@@ -213,7 +217,7 @@ def runtime_defaults(environ: Mapping[str, str], cpus_per_rank: int) -> dict[str
     computes (3x faster here).
     """
     out: dict[str, str] = {}
-    alone = (expected_world_size(environ) or (1, ""))[0] == 1
+    alone = (expected_world_size(environ, expect_size) or (1, ""))[0] == 1
     if "HOROVOD_CYCLE_TIME" not in environ and not alone:
         out["HOROVOD_CYCLE_TIME"] = "0.01"
     if "OMPI_MCA_mpi_yield_when_idle" not in environ and cpus_per_rank < 2:
@@ -245,7 +249,7 @@ def init(comm: Any = None, expect_size: int | None = None, threads: int | None =
     """
     global _comm
     share = cpu_threads_per_rank(usable_cpus(), allowed_cpus(), local_ranks(os.environ))
-    os.environ.update(runtime_defaults(os.environ, share))  # read by hvd.init
+    os.environ.update(runtime_defaults(os.environ, share, expect_size))  # read by hvd.init
     # Horovod: start the background thread that coordinates collectives. With an mpi4py
     # communicator, Horovod's world is that communicator (e.g. a split of COMM_WORLD).
     hvd.init(comm=comm)

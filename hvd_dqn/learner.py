@@ -161,8 +161,8 @@ class Learner(tf.Module):
         weights: tf.Tensor,
     ) -> tuple[tf.Tensor, ...]:
         cfg = self.cfg
-        # The target's inputs need no gradient: computed outside the tape, so the
-        # backward pass runs over the B rows of s_tm1 only.
+        # Both passes over s_t feed the target only (no gradient): run outside the
+        # tape, so the backward pass covers the B rows of s_tm1 alone.
         q_t_online = self.online(obs_t)  # [B, A]
         q_t_target = self.target(obs_t)  # [B, A]
         with tf.GradientTape() as tape:

@@ -39,6 +39,12 @@ from conftest import hvd_dqn, quiet_env
             "--expect-world-size 2: this job is a world of 1 process (no launcher started "
             "it); start 2 with horovodrun -np 2",
         ),
+        (  # a bench of time to a score on a preset that has no score
+            ["bench", "scaling-to-score", "--config", "minatar"],
+            2,
+            "--config minatar: run.stop_at_return is none, so no run would reach a score",
+        ),
+        (["bench", "scaling-to-score", "--modes", ","], 2, "--modes ',': expected rank"),
         (["evaluate", "/nonexistent"], 2, "/nonexistent: not an exported policy"),
         (["evaluate", ".", "--episodes", "0"], 2, "--episodes 0: must be >= 1"),
     ],
