@@ -41,7 +41,8 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
 ) -> None:
     out = tmp_path / "to-score.json"
     args = ["bench", "scaling-to-score", "--config", "cartpole", "--ranks", "1,2", "--seeds", "0"]
-    sets = ["run.total_steps=2000", "run.stop_at_return=none", "run.eval_every=1000"]
+    # A score CartPole cannot reach (its episodes end at 500): every run takes the budget.
+    sets = ["run.total_steps=2000", "run.stop_at_return=1000", "run.eval_every=1000"]
     sets += ["run.eval_episodes=2", "learner.learning_starts=500"]
     proc = hvd_dqn([*args, *(f"--set={s}" for s in sets), "--json", str(out)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
