@@ -20,6 +20,10 @@ DOCKERFILES := docker/Dockerfile docker/Dockerfile.gpu
 # BASE_IMAGE=local builds the base with debootstrap (no registry needed; CI does this).
 BASE_IMAGE ?= python:3.11-slim-bookworm
 COMPAT_VENV := .venv-compat
+# TensorFlow's C++ start-up lines: horovodrun itself imports TensorFlow (the ranks set
+# this default themselves).
+TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL
 
 .PHONY: setup train test test-fast lint typecheck compat doctor image image-test clean
 

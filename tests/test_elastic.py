@@ -74,17 +74,28 @@ def elastic_job(
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start(tmp_path: Path, hosts: list[str], np: int, total: int) -> tuple[subprocess.Popen, Path]:
+def start(
+    tmp_path: Path,
+    hosts: list[str],
+    np: int,
+    total: int,
+    limits: tuple[int, int] = (2, 3),
+    hvd_args: tuple[str, ...] = (),
+    train_args: tuple[str, ...] = (),
+) -> tuple[subprocess.Popen, Path]:
+    """horovodrun --min-np/--max-np `limits` on `hosts` ("name" for one slot, or
+    "name:slots"), listed in a host file that docker/discover-hosts.sh reads."""
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("".join(f"{h}:1\n" for h in hosts))
+    hostfile.write_text("".join(f"{h}\n" if ":" in h else f"{h}:1\n" for h in hosts))
     run = tmp_path / "run"
     cmd = [
-        str(BIN / "horovodrun"), "-np", str(np), "--min-np", "2", "--max-np", "3",
+        str(BIN / "horovodrun"), "-np", str(np),
+        "--min-np", str(limits[0]), "--max-np", str(limits[1]), *hvd_args,
         "--host-discovery-script", f"bash {ROOT / 'docker' / 'discover-hosts.sh'} {hostfile}",
         str(BIN / "hvd-dqn"), "train", "--elastic", "--run-dir", str(run),
         "--total-steps", str(total), "--no-progress", "--set", "run.threads=1",
         "--set", "run.stop_at_return=none", "--set", "run.eval_episodes=2",
-        "--set", "run.checkpoint_every=0",
+        "--set", "run.checkpoint_every=0", *train_args,
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=quiet_env(),
@@ -176,3 +187,39 @@ def test_a_host_removed_from_discovery_leaves_without_a_failure(tmp_path: Path) 
     summary = check_summary(run, total, resets(run))
     assert summary["world_size"] == 2
     assert "failure" not in [r["reason"] for r in resets(run)], out[-2000:]
+
+
+def test_one_host_of_two_slots_then_a_failure_before_the_first_commit(tmp_path: Path) -> None:
+    """Horovod Elastic waits for two hosts to compare their network interfaces before it
+    starts any worker, unless horovodrun names the interface: one host of 2 slots with
+    `--network-interface lo` trains (without it nothing starts, for --elastic-timeout).
+    Then the run continues elastic on two hosts, and a worker dies before the first
+    commit: the survivors go back to the checkpoint the run resumed from, not to env
+    step 0 (the state restored at the start is the first commit)."""
+    a, b, _, _ = local_names()
+    one_host = ("--network-interface", "lo")
+    proc, run = start(tmp_path, ["localhost:2"], 2, 1_600, (1, 2), hvd_args=one_host)
+    try:
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (row,) = resets(run)
+    assert (row["size"], {r["host"] for r in row["ranks"]}) == (2, {socket.gethostname()})
+    resumed = check_summary(run, 1_600, [row])
+
+    # No commit before the end: a failure goes back to the start of this job.
+    no_commit = ("--set", "run.commit_every=1000000000")
+    proc, run = start(tmp_path, [a, b], 2, 2_400, (1, 2), train_args=no_commit)
+    try:
+        first = wait_rows(run, 2, proc)[1]
+        assert first["env_steps"] == resumed["env_steps"]
+        os.kill(first["ranks"][1]["pid"], signal.SIGKILL)
+        lost = wait_rows(run, 3, proc)[2]
+        assert (lost["reason"], lost["old_size"], lost["size"]) == ("failure", 2, 1)
+        assert (lost["env_steps"], lost["updates"]) == (resumed["env_steps"], resumed["updates"])
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    check_summary(run, 2_400, resets(run)[1:])
