@@ -112,8 +112,9 @@ build() {
     -f "$ROOT/docker/Dockerfile" -t "$IMAGE" "$ROOT"
 }
 
-# The image as a user runs it: doctor, then `horovodrun -np 2 hvd-dqn train` writing its
-# run directory to a volume; the run must be complete with its export.
+# The image as a user runs it: doctor, a replay too large for `--memory` refused, then
+# `horovodrun -np 2 hvd-dqn train` writing its run directory to a volume; the run must be
+# complete with its export.
 test_image() {
   "$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run docker/image.sh build"
   local vol
@@ -129,6 +130,14 @@ test_image() {
   who=$("$ENGINE" run --rm --network none "$IMAGE" \
     bash -c '/usr/sbin/sshd -f "$SSHD_CONFIG" && ssh 127.0.0.1 id -un')
   [ "$who" = hvd ] || die "ssh into the image's own server gave '$who', not hvd"
+  say "a replay larger than the container's --memory is refused: exit 2, nothing written"
+  local out rc=0
+  out=$("$ENGINE" run --rm --memory 1g -v "$vol:/runs" "$IMAGE" hvd-dqn train \
+    --config minatar --set replay.capacity=4000000 --run-dir /runs/too-big 2>&1) || rc=$?
+  [ "$rc" = 2 ] || die "a 1.5 GiB replay under --memory 1g exited $rc, not 2: $out"
+  grep -q "the cgroup limit" <<<"$out" || die "the refusal does not name the cgroup limit: $out"
+  [ ! -e "$vol/too-big" ] || die "the refused run left $vol/too-big behind"
+  say "ok: $out"
   say "horovodrun -np 2 hvd-dqn train in $IMAGE"
   "$ENGINE" run --rm -v "$vol:/runs" "$IMAGE" \
     horovodrun -np 2 hvd-dqn train --run-dir /runs/cartpole --no-progress \
