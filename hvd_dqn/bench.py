@@ -746,39 +746,78 @@ def _kill_leftovers(proc: subprocess.Popen, run: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+STARTUP = "SIGTERM to every rank 0.5 s after it starts"
+SECOND_JOB = "a second job on the run directory"
+
+
+def _wait_ranks(proc: subprocess.Popen, run: Path, launcher: str) -> dict[int, int]:
+    """{rank: pid} once every rank's process exists (before it has imported anything)."""
+    want = 1 if launcher == "none" else 2
+    deadline = time.monotonic() + 60
+    while len(ranks := rank_pids(run)) < want:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{launcher} run did not start: {proc.stderr.read()[-500:]}")  # type: ignore[union-attr]
+        time.sleep(0.01)
+    return ranks
+
+
 def fault_trial(launcher: str, fault: str, run: Path, stall_timeout: float = 10) -> dict:
     """Start a 2-rank (1 for launcher "none") CartPole run, apply `fault` after its first
-    log row, and measure the seconds until no rank is left, the exit code, and the env
-    steps of the checkpoint left behind (0: none; checkpoint_every is 0, so any checkpoint
-    is the one written on the stop)."""
+    log row (STARTUP: 0.5 s after the rank processes appear, during start-up), and
+    measure the seconds until no rank is left, the exit code, and the env steps of the
+    checkpoint left behind (0: none; checkpoint_every is 0, so any checkpoint is the one
+    written on the stop). SECOND_JOB: the same command again on the same run directory
+    while the first trains; the row is the second job's (the first must go on)."""
     from hvd_dqn.checkpoint import complete
 
+    label = fault
     proc = _start_fault_run(launcher, run, stall_timeout)
     try:
-        _wait_first_row(proc, run, launcher)
-        ranks = rank_pids(run)
+        if fault == STARTUP:
+            ranks = _wait_ranks(proc, run, launcher)
+            time.sleep(0.5)
+            fault = "SIGTERM to every rank"
+        else:
+            _wait_first_row(proc, run, launcher)
+            ranks = rank_pids(run)
         t0 = time.monotonic()
-        _apply_fault(fault, launcher, proc, ranks)
-        while rank_pids(run) and time.monotonic() - t0 < 120:
-            time.sleep(0.02)
-        seconds = time.monotonic() - t0
-        code = proc.wait(timeout=60)
+        if fault == SECOND_JOB:
+            second = _start_fault_run(launcher, run, stall_timeout)
+            code = second.wait(timeout=120)
+            seconds = time.monotonic() - t0
+            if proc.poll() is not None or rank_pids(run) != ranks:
+                raise RuntimeError(f"the first {launcher} job did not go on training")
+        else:
+            _apply_fault(fault, launcher, proc, ranks)
+            while rank_pids(run) and time.monotonic() - t0 < 120:
+                time.sleep(0.02)
+            seconds = time.monotonic() - t0
+            code = proc.wait(timeout=60)
     finally:
         _kill_leftovers(proc, run)
     saved = complete(run)
+    rows = read_rows(run)
     return {
         "launcher": launcher,
-        "fault": fault,
+        "fault": label,
         "seconds_to_exit": round(seconds, 2),
         "exit_code": code,
-        "logged_env_steps": read_rows(run)[-1]["env_steps"],
+        "logged_env_steps": rows[-1]["env_steps"] if rows else 0,
         "checkpoint_env_steps": saved[-1] if saved else 0,
     }
 
 
 FAULTS = {
-    "none": ["SIGTERM to the launcher", "SIGUSR1 to the launcher", "SIGINT to the launcher"],
+    "none": [
+        "SIGTERM to the launcher",
+        "SIGUSR1 to the launcher",
+        "SIGINT to the launcher",
+        STARTUP,
+        SECOND_JOB,
+    ],
     "horovodrun": [
+        STARTUP,
+        SECOND_JOB,
         "SIGTERM to every rank",
         "SIGTERM to the launcher",
         "Ctrl-C (SIGINT to the group)",

@@ -1,4 +1,5 @@
-"""`hvd-dqn bench efficiency`: real runs at two world sizes, the table, the JSON, the chart."""
+"""`hvd-dqn bench`: efficiency and scaling-to-score with real runs at two world sizes (the
+table, the JSON, the chart), and the start-up and two-jobs trials of `bench faults`."""
 
 from __future__ import annotations
 
@@ -77,3 +78,16 @@ def test_a_world_larger_than_the_cores_gets_a_projected_time_from_the_measured_r
     # 120k steps at 4 x the 2-rank run's 400 env steps/s per rank
     assert four["seconds"] == 120_000 / 1600 and four["time"] == "projected from 2 ranks"
     assert four["speedup"] == 200.0 / 75.0
+
+
+def test_faults_bench_stops_at_start_up_and_refuses_a_second_job(tmp_path: Path) -> None:
+    """`bench faults`' start-up and two-jobs trials, one process: SIGTERM 0.5 s after the
+    process appears exits 75 (before this was handled: 143); a second job on a run
+    directory a live job holds exits 2 and the first trains on (fault_trial raises
+    otherwise; before the run lock: both trained)."""
+    from hvd_dqn import bench
+
+    startup = bench.fault_trial("none", bench.STARTUP, tmp_path / "startup")
+    assert (startup["exit_code"], startup["logged_env_steps"]) == (75, 0), startup
+    second = bench.fault_trial("none", bench.SECOND_JOB, tmp_path / "second")
+    assert second["exit_code"] == 2 and second["logged_env_steps"] > 0, second
