@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, quiet_env
+from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env
 
 pytestmark = [pytest.mark.distributed, pytest.mark.hosts, pytest.mark.cluster]
 
@@ -209,9 +209,14 @@ def test_a_run_trains_across_two_hosts_over_the_veth(
     assert crossed > updates * 35_000, (crossed, updates)
 
 
-def test_aws_batch_entrypoint_runs_a_two_node_job(hosts: Hosts, tmp_path: Path) -> None:
+def test_aws_batch_entrypoint_runs_a_two_node_job_and_stops_on_sigterm(
+    hosts: Hosts, tmp_path: Path
+) -> None:
     """docker/aws-batch-entrypoint.sh with the variables AWS Batch sets on each node of a
-    multi-node parallel job: the child reports to the main node, which trains on both."""
+    multi-node parallel job: the child reports to the main node, which trains on both.
+    Batch stops a job with SIGTERM to the container's first process, the entrypoint: the
+    main node passes the stop to the ranks, which checkpoint, and exits with their 75
+    (what a retry rule on exit 75 matches); the child node then ends cleanly."""
     entry = str(ROOT / "docker" / "aws-batch-entrypoint.sh")
     run = tmp_path / "run"
     batch = {
@@ -224,8 +229,8 @@ def test_aws_batch_entrypoint_runs_a_two_node_job(hosts: Hosts, tmp_path: Path) 
         "NODE_WAIT": "60",
     }
     args = [
-        "--total-steps", "3000", "--no-progress", "--set", "run.eval_episodes=2",
-        "--set", "run.stop_at_return=none",  # the full budget, even if CartPole is solved early
+        "--total-steps", "500000", "--no-progress", "--set", "run.checkpoint_every=0",
+        "--set", "run.stop_at_return=none", "--set", "run.log_every=500",
     ]  # fmt: skip
     main = hosts.popen(
         0, ["bash", entry, *args], AWS_BATCH_JOB_NODE_INDEX="0",
@@ -237,11 +242,17 @@ def test_aws_batch_entrypoint_runs_a_two_node_job(hosts: Hosts, tmp_path: Path) 
         SSHD_CONFIG=str(hosts.sshd_config(1)), **dict(batch, AWS_BATCH_JOB_ID="0d6c4a2e-test#1"),
     )  # fmt: skip
     try:
-        main_out, _ = main.communicate(timeout=300)
+        deadline = time.monotonic() + 180
+        while not logged_steps(run):  # training on both nodes
+            assert main.poll() is None and time.monotonic() < deadline, stop(main)[-3000:]
+            time.sleep(0.2)
+        os.kill(main.pid, signal.SIGTERM)  # the entrypoint itself (exec'd by Hosts.popen)
+        main_out, _ = main.communicate(timeout=120)
         child_out, _ = child.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail(f"timed out; main node: {stop(main)[-2000:]}\nchild: {stop(child)[-2000:]}")
-    assert main.returncode == 0, main_out[-3000:]
+    assert main.returncode == 75, main_out[-3000:]
+    assert "SIGTERM: stopping the ranks" in main_out and "training exited with 75" in main_out
     assert child.returncode == 0, child_out[-2000:]
     assert f"reporting {ADDRESSES[1]} slots=1" in child_out
     assert "main node gone" in child_out
@@ -250,4 +261,9 @@ def test_aws_batch_entrypoint_runs_a_two_node_job(hosts: Hosts, tmp_path: Path) 
         f"{ADDRESSES[1]} slots=1",
     ]
     assert f"2 rank(s) on 2 host(s) ({NAMES[0]}, {NAMES[1]})" in main_out, main_out[-2000:]
-    assert json.loads((run / "summary.json").read_text())["env_steps"] >= 3000
+    # checkpoint_every=0: the checkpoint written on the stop, with both nodes' parts.
+    (stopped,) = checkpoints(run)
+    assert stopped >= logged_steps(run)[-1]
+    parts = run / "checkpoints" / f"ckpt-{stopped:012d}"
+    assert sorted(p.name for p in parts.glob("rank-*.npz")) == ["rank-0.npz", "rank-1.npz"]
+    assert not (run / "summary.json").exists()
