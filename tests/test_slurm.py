@@ -3,7 +3,9 @@ Debian's slurm-wlm) started in a temporary directory for these tests and stopped
 process id after them. A 2-task job completes; a preempted job (SIGUSR1 to its batch
 shell, as `#SBATCH --signal=B:USR1@N` sends) checkpoints, requeues itself and finishes
 from that checkpoint; a suspended job resumes and completes; a killed rank ends the job
-FAILED with the run resumable."""
+FAILED with the run resumable. A second SLURM of two nodes (each node a network namespace
+with its own host name and slurmd, joined to slurmctld by a bridge) runs a job of one
+rank per node across them and requeues it."""
 
 from __future__ import annotations
 
@@ -287,3 +289,154 @@ def test_the_elastic_discovery_script_lists_the_jobs_nodes(
         env=slurm, check=True, capture_output=True, cwd=tmp_path,
     )  # fmt: skip
     assert out.read_text() == f"{socket.gethostname().split('.')[0]}:2\n"
+
+
+NODES = {"nodea": "10.78.0.2", "nodeb": "10.78.0.3"}
+CONTROLLER = "10.78.0.1"
+CONF2 = """\
+ClusterName=hvdtest2
+SlurmctldHost={host}({controller})
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10,socket={munge}
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool/%n
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/run/slurmd-%n.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/log/slurmd-%n.log
+TmpFS={dir}/tmp/%n
+SlurmctldPort=16827
+SlurmdPort=16828
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+JobRequeue=1
+SchedulerParameters=sched_interval=2,bf_interval=1
+ReturnToService=2
+KillWait=30
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+{nodes}
+PartitionName=two Nodes={names} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _veth_bytes(ns: str) -> int:
+    """Bytes received plus sent on the node's end of its veth pair."""
+    out = subprocess.run(
+        ["ip", "-n", ns, "-j", "-s", "link", "show", "veth0"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+
+
+@pytest.fixture(scope="module")
+def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A running SLURM of two nodes on this machine: each node a network namespace
+    joined by a veth pair to a bridge in this namespace (where slurmctld runs), with its
+    own host name (a UTS namespace), slurmd, spool and TmpFS (PMIx's files of the two
+    nodes would collide in one /tmp). slurmd starts through nsenter, not `ip netns
+    exec`, whose new mount namespace hides /sys/fs/cgroup from it. Yields the
+    environment of the clients, plus NS_<node> naming each node's namespace. Stops the
+    daemons by process id and removes the namespaces, the bridge and the directory."""
+    if not shutil.which("slurmctld") or not shutil.which("ip") or os.geteuid() != 0:
+        pytest.skip("needs root, iproute2 and Debian's slurm-wlm (make test installs them)")
+    d = tmp_path_factory.mktemp("slurm2")
+    for sub in ("state", "run", "log"):
+        (d / sub).mkdir()
+    tag = f"hvds{os.getpid()}"
+    ns = {node: f"{tag}{node[-1]}" for node in NODES}
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 4 // 10
+    host = socket.gethostname().split(".")[0]
+    conf = d / "slurm.conf"
+    env = dict(quiet_env(), SLURM_CONF=str(conf))
+    procs: list[subprocess.Popen] = []
+    try:
+        _ip("link", "add", f"{tag}br", "type", "bridge")
+        _ip("addr", "add", f"{CONTROLLER}/24", "dev", f"{tag}br")
+        _ip("link", "set", f"{tag}br", "up")
+        for i, (node, address) in enumerate(NODES.items()):
+            _ip("netns", "add", ns[node])
+            _ip("link", "add", f"{tag}v{i}", "type", "veth", "peer", "name", f"{tag}p{i}")
+            _ip("link", "set", f"{tag}v{i}", "master", f"{tag}br", "up")
+            _ip("link", "set", f"{tag}p{i}", "netns", ns[node])
+            _ip("-n", ns[node], "link", "set", f"{tag}p{i}", "name", "veth0")
+            _ip("-n", ns[node], "addr", "add", f"{address}/24", "dev", "veth0")
+            _ip("-n", ns[node], "link", "set", "veth0", "up")
+            _ip("-n", ns[node], "link", "set", "lo", "up")
+            (d / "spool" / node).mkdir(parents=True)
+            (d / "tmp" / node).mkdir(parents=True)
+        nodes = "\n".join(
+            f"NodeName={node} NodeAddr={address} NodeHostname={node} CPUs=2 Boards=1 "
+            f"SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory={mem}"
+            for node, address in NODES.items()
+        )
+        with _munged() as munge:
+            conf.write_text(
+                CONF2.format(
+                    host=host, controller=CONTROLLER, munge=munge, dir=d, nodes=nodes,
+                    names=",".join(NODES),
+                )
+            )  # fmt: skip
+            procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
+            for node in NODES:
+                cmd = [
+                    "nsenter", f"--net=/run/netns/{ns[node]}", "unshare", "--uts", "bash", "-c",
+                    f'hostname {node} && exec slurmd -D -N {node} -f "$0"', str(conf),
+                ]  # fmt: skip
+                procs.append(subprocess.Popen(cmd, env=env))
+            deadline = time.monotonic() + 60
+            while subprocess.run(
+                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env
+            ).stdout.split() != ["idle"]:
+                assert all(p.poll() is None for p in procs), "a SLURM daemon ended"
+                assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
+                time.sleep(0.5)
+            yield dict(env, **{f"NS_{node}": ns[node] for node in NODES})
+    finally:
+        _stop(procs)
+        for n in ns.values():
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{tag}br"], capture_output=True)
+
+
+def test_a_two_node_job_trains_across_the_nodes_and_finishes_after_a_requeue(
+    slurm2: dict[str, str], tmp_path: Path
+) -> None:
+    """`sbatch -N 2 --ntasks-per-node=1 slurm/train.sbatch`: one rank on each node, a
+    world of 2 whose allreduces cross the veth pairs; `scontrol requeue` stops it with a
+    checkpoint and the requeued job finishes COMPLETED from it."""
+    run, log = tmp_path / "run", tmp_path / "job.log"
+    total = 6000
+    before = _veth_bytes(slurm2["NS_nodeb"])
+    job = _sbatch(
+        slurm2, run, log, f"--total-steps={total}", "--set=run.checkpoint_every=0",
+        "--set=run.eval_episodes=2", options=("-N", "2", "--ntasks-per-node=1"),
+    )  # fmt: skip
+    _wait_logged(run, log)
+    assert _job(slurm2, job)["NumNodes"] == "2"
+    subprocess.run(["scontrol", "requeue", job], env=slurm2, check=True)
+    _wait_state(slurm2, job, {"PENDING"}, 60)
+    (stopped,) = checkpoints(run)
+    assert _wait_state(slurm2, job, {"COMPLETED", "FAILED"}, 400) == "COMPLETED", log.read_text()
+    crossed = _veth_bytes(slurm2["NS_nodeb"]) - before
+    text = log.read_text()
+    assert text.count("2 rank(s) on 2 host(s) (nodea, nodeb)") == 2, text[-3000:]
+    assert f"continuing {run} from env step {stopped}" in text
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["world_size"], summary["env_steps"]) == (2, total)
+    parts = run / "checkpoints" / f"ckpt-{total:012d}"
+    assert sorted(p.name for p in parts.glob("rank-*.npz")) == ["rank-0.npz", "rank-1.npz"]
+    # Every update allreduces the MLP's 35k float32 parameters (140 kB; a ring of 2 moves
+    # half each way): that traffic went through nodeb's veth.
+    print(f"{crossed} bytes through nodeb's veth for {summary['updates']} updates")
+    assert crossed > summary["updates"] * 35_000
