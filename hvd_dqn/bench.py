@@ -300,8 +300,10 @@ def bench_update(json_path: str | None, np_: int = 2) -> dict[str, Any]:
 
 
 def _train_run(np_: int, run_dir: Path, args: list[str]) -> tuple[dict[str, Any], float]:
+    """One training run to its end: summary.json and the seconds it took. Up to 8 hours
+    (a MinAtar 500k-step run of 4 ranks on 2 cores took over 37 minutes)."""
     t0 = time.perf_counter()
-    _horovodrun(np_, ["train", "--run-dir", str(run_dir), "--no-progress", *args])
+    _horovodrun(np_, ["train", "--run-dir", str(run_dir), "--no-progress", *args], 8 * 3600)
     seconds = time.perf_counter() - t0
     return json.loads((run_dir / "summary.json").read_text()), seconds
 
