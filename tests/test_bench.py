@@ -89,5 +89,8 @@ def test_faults_bench_stops_at_start_up_and_refuses_a_second_job(tmp_path: Path)
 
     startup = bench.fault_trial("none", bench.STARTUP, tmp_path / "startup")
     assert (startup["exit_code"], startup["logged_env_steps"]) == (75, 0), startup
+    # fault_trial raises unless the first job logs another row after the second ended.
     second = bench.fault_trial("none", bench.SECOND_JOB, tmp_path / "second")
-    assert second["exit_code"] == 2 and second["logged_env_steps"] > 0, second
+    assert second["exit_code"] == 2, second
+    assert second["said"].startswith("hvd-dqn: error: run directory "), second
+    assert "in use by another job" in second["said"], second

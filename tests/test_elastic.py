@@ -210,7 +210,7 @@ def test_one_host_of_two_slots_then_a_failure_before_the_first_commit(tmp_path: 
 
     # No commit before the end: a failure goes back to the start of this job.
     no_commit = ("--set", "run.commit_every=1000000000")
-    proc, run = start(tmp_path, [a, b], 2, 2_400, (1, 2), train_args=no_commit)
+    proc, run = start(tmp_path, [a, b], 2, 8_000, (1, 2), train_args=no_commit)
     try:
         first = wait_rows(run, 2, proc)[1]
         assert first["env_steps"] == resumed["env_steps"]
@@ -222,4 +222,4 @@ def test_one_host_of_two_slots_then_a_failure_before_the_first_commit(tmp_path: 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    check_summary(run, 2_400, resets(run)[1:])
+    check_summary(run, 8_000, resets(run)[1:])

@@ -244,13 +244,18 @@ def test_aws_batch_entrypoint_runs_a_two_node_job_and_stops_on_sigterm(
     try:
         deadline = time.monotonic() + 180
         while not logged_steps(run):  # training on both nodes
-            assert main.poll() is None and time.monotonic() < deadline, stop(main)[-3000:]
+            if main.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"main node: {stop(main)[-2000:]}\nchild: {stop(child)[-2000:]}")
             time.sleep(0.2)
         os.kill(main.pid, signal.SIGTERM)  # the entrypoint itself (exec'd by Hosts.popen)
         main_out, _ = main.communicate(timeout=120)
         child_out, _ = child.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail(f"timed out; main node: {stop(main)[-2000:]}\nchild: {stop(child)[-2000:]}")
+    finally:
+        for proc in (main, child):
+            if proc.poll() is None:
+                stop(proc)
     assert main.returncode == 75, main_out[-3000:]
     assert "SIGTERM: stopping the ranks" in main_out and "training exited with 75" in main_out
     assert child.returncode == 0, child_out[-2000:]

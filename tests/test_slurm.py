@@ -348,8 +348,8 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     exec`, whose new mount namespace hides /sys/fs/cgroup from it. Yields the
     environment of the clients, plus NS_<node> naming each node's namespace. Stops the
     daemons by process id and removes the namespaces, the bridge and the directory."""
-    if not shutil.which("slurmctld") or not shutil.which("ip") or os.geteuid() != 0:
-        pytest.skip("needs root, iproute2 and Debian's slurm-wlm (make test installs them)")
+    if not all(map(shutil.which, ("slurmctld", "munged", "ip"))) or os.geteuid() != 0:
+        pytest.skip("needs root, iproute2, munge and slurm-wlm (make test installs them)")
     d = tmp_path_factory.mktemp("slurm2")
     for sub in ("state", "run", "log"):
         (d / sub).mkdir()
@@ -361,7 +361,8 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     env = dict(quiet_env(), SLURM_CONF=str(conf))
     procs: list[subprocess.Popen] = []
     try:
-        _ip("link", "add", f"{tag}br", "type", "bridge")
+        # Bridged frames skip iptables (a host's FORWARD policy, e.g. Docker's DROP).
+        _ip("link", "add", f"{tag}br", "type", "bridge", "nf_call_iptables", "0")
         _ip("addr", "add", f"{CONTROLLER}/24", "dev", f"{tag}br")
         _ip("link", "set", f"{tag}br", "up")
         for i, (node, address) in enumerate(NODES.items()):
@@ -387,25 +388,33 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                     names=",".join(NODES),
                 )
             )  # fmt: skip
-            procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
-            for node in NODES:
-                cmd = [
-                    "nsenter", f"--net=/run/netns/{ns[node]}", "unshare", "--uts", "bash", "-c",
-                    f'hostname {node} && exec slurmd -D -N {node} -f "$0"', str(conf),
-                ]  # fmt: skip
-                procs.append(subprocess.Popen(cmd, env=env))
-            deadline = time.monotonic() + 60
-            while subprocess.run(
-                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env
-            ).stdout.split() != ["idle"]:
-                assert all(p.poll() is None for p in procs), "a SLURM daemon ended"
-                assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
-                time.sleep(0.5)
-            yield dict(env, **{f"NS_{node}": ns[node] for node in NODES})
+            try:
+                procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
+                for node in NODES:
+                    cmd = [
+                        "nsenter", f"--net=/run/netns/{ns[node]}", "unshare", "--uts", "bash",
+                        "-c", f'hostname {node} && exec slurmd -D -N {node} -f "$0"', str(conf),
+                    ]  # fmt: skip
+                    procs.append(subprocess.Popen(cmd, env=env))
+                deadline = time.monotonic() + 60
+                while subprocess.run(
+                    ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env
+                ).stdout.split() != ["idle"]:
+                    assert all(p.poll() is None for p in procs), "a SLURM daemon ended"
+                    assert time.monotonic() < deadline, (d / "slurmctld.log").read_text()[-2000:]
+                    time.sleep(0.5)
+                yield dict(env, **{f"NS_{node}": ns[node] for node in NODES})
+            finally:
+                _stop(procs)  # while munged still runs
     finally:
-        _stop(procs)
-        for n in ns.values():
+        for i, n in enumerate(ns.values()):
+            # What still runs on the node (a failed test's job steps): SIGKILL by pid.
+            pids = subprocess.run(["ip", "netns", "pids", n], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"{tag}v{i}"], capture_output=True)
         subprocess.run(["ip", "link", "del", f"{tag}br"], capture_output=True)
 
 
