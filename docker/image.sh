@@ -133,7 +133,7 @@ test_image() {
   say "a replay larger than the container's --memory is refused: exit 2, nothing written"
   local out rc=0
   out=$("$ENGINE" run --rm --memory 1g -v "$vol:/runs" "$IMAGE" hvd-dqn train \
-    --config minatar --set replay.capacity=4000000 --run-dir /runs/too-big 2>&1) || rc=$?
+    --config minatar --set replay.capacity=4000000 --total-steps 1000 --run-dir /runs/too-big 2>&1) || rc=$?
   [ "$rc" = 2 ] || die "a 1.5 GiB replay under --memory 1g exited $rc, not 2: $out"
   grep -q "the cgroup limit" <<<"$out" || die "the refusal does not name the cgroup limit: $out"
   [ ! -e "$vol/too-big" ] || die "the refused run left $vol/too-big behind"
