@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -139,3 +140,18 @@ def checkpoints(run: Path) -> list[int]:
     from hvd_dqn.checkpoint import complete
 
     return complete(run)
+
+
+def ip(*args: str) -> None:
+    """`ip ARGS` (iproute2), failing the test if it fails."""
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def veth_bytes(ns: str) -> int:
+    """Bytes received plus sent on the `veth0` of network namespace `ns`."""
+    out = subprocess.run(
+        ["ip", "-n", ns, "-j", "-s", "link", "show", "veth0"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])

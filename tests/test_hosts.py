@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env
+from conftest import BIN, ROOT, checkpoints, ip, logged_steps, quiet_env, veth_bytes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.hosts, pytest.mark.cluster]
 
@@ -42,10 +42,6 @@ Host *
   LogLevel ERROR
   BatchMode yes
 """
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 @dataclass
@@ -78,12 +74,7 @@ class Hosts:
 
     def veth_bytes(self, host: int) -> int:
         """Bytes received plus sent on the host's end of the veth pair."""
-        out = subprocess.run(
-            ["ip", "-n", self.ns[host], "-j", "-s", "link", "show", "veth0"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        stats = json.loads(out)[0]["stats64"]
-        return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+        return veth_bytes(self.ns[host])
 
 
 @pytest.fixture(scope="module")

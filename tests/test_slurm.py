@@ -23,10 +23,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, checkpoints, logged_steps, quiet_env, rank_pids
+from conftest import BIN, ROOT, checkpoints, ip, logged_steps, quiet_env, rank_pids, veth_bytes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slurm, pytest.mark.cluster]
 
+# What both test clusters run with: plugins, scheduling every 2 s, requeue, no accounting.
+COMMON = """\
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+JobRequeue=1
+SchedulerParameters=sched_interval=2,bf_interval=1
+ReturnToService=2
+KillWait=30
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+"""
 CONF = """\
 ClusterName=hvdtest
 SlurmctldHost={host}
@@ -42,18 +56,7 @@ SlurmctldLogFile={dir}/slurmctld.log
 SlurmdLogFile={dir}/slurmd.log
 SlurmctldPort=16817
 SlurmdPort=16818
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-JobRequeue=1
-SchedulerParameters=sched_interval=2,bf_interval=1
-ReturnToService=2
-KillWait=30
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-NodeName={host} CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory={mem}
+{common}NodeName={host} CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory={mem}
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -112,7 +115,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env = dict(quiet_env(), SLURM_CONF=str(conf))
     procs: list[subprocess.Popen] = []
     with _munged() as munge:
-        conf.write_text(CONF.format(host=host, dir=d, mem=mem, munge=munge))
+        conf.write_text(CONF.format(host=host, dir=d, mem=mem, munge=munge, common=COMMON))
         try:
             procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env))
             procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env))
@@ -309,34 +312,9 @@ SlurmdLogFile={dir}/log/slurmd-%n.log
 TmpFS={dir}/tmp/%n
 SlurmctldPort=16827
 SlurmdPort=16828
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-JobRequeue=1
-SchedulerParameters=sched_interval=2,bf_interval=1
-ReturnToService=2
-KillWait=30
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-{nodes}
+{common}{nodes}
 PartitionName=two Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-def _veth_bytes(ns: str) -> int:
-    """Bytes received plus sent on the node's end of its veth pair."""
-    out = subprocess.run(
-        ["ip", "-n", ns, "-j", "-s", "link", "show", "veth0"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    stats = json.loads(out)[0]["stats64"]
-    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
 
 
 @pytest.fixture(scope="module")
@@ -362,18 +340,18 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     procs: list[subprocess.Popen] = []
     try:
         # Bridged frames skip iptables (a host's FORWARD policy, e.g. Docker's DROP).
-        _ip("link", "add", f"{tag}br", "type", "bridge", "nf_call_iptables", "0")
-        _ip("addr", "add", f"{CONTROLLER}/24", "dev", f"{tag}br")
-        _ip("link", "set", f"{tag}br", "up")
+        ip("link", "add", f"{tag}br", "type", "bridge", "nf_call_iptables", "0")
+        ip("addr", "add", f"{CONTROLLER}/24", "dev", f"{tag}br")
+        ip("link", "set", f"{tag}br", "up")
         for i, (node, address) in enumerate(NODES.items()):
-            _ip("netns", "add", ns[node])
-            _ip("link", "add", f"{tag}v{i}", "type", "veth", "peer", "name", f"{tag}p{i}")
-            _ip("link", "set", f"{tag}v{i}", "master", f"{tag}br", "up")
-            _ip("link", "set", f"{tag}p{i}", "netns", ns[node])
-            _ip("-n", ns[node], "link", "set", f"{tag}p{i}", "name", "veth0")
-            _ip("-n", ns[node], "addr", "add", f"{address}/24", "dev", "veth0")
-            _ip("-n", ns[node], "link", "set", "veth0", "up")
-            _ip("-n", ns[node], "link", "set", "lo", "up")
+            ip("netns", "add", ns[node])
+            ip("link", "add", f"{tag}v{i}", "type", "veth", "peer", "name", f"{tag}p{i}")
+            ip("link", "set", f"{tag}v{i}", "master", f"{tag}br", "up")
+            ip("link", "set", f"{tag}p{i}", "netns", ns[node])
+            ip("-n", ns[node], "link", "set", f"{tag}p{i}", "name", "veth0")
+            ip("-n", ns[node], "addr", "add", f"{address}/24", "dev", "veth0")
+            ip("-n", ns[node], "link", "set", "veth0", "up")
+            ip("-n", ns[node], "link", "set", "lo", "up")
             (d / "spool" / node).mkdir(parents=True)
             (d / "tmp" / node).mkdir(parents=True)
         nodes = "\n".join(
@@ -384,7 +362,7 @@ def slurm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         with _munged() as munge:
             conf.write_text(
                 CONF2.format(
-                    host=host, controller=CONTROLLER, munge=munge, dir=d, nodes=nodes,
+                    host=host, controller=CONTROLLER, munge=munge, dir=d, nodes=nodes, common=COMMON,
                     names=",".join(NODES),
                 )
             )  # fmt: skip
@@ -426,7 +404,7 @@ def test_a_two_node_job_trains_across_the_nodes_and_finishes_after_a_requeue(
     checkpoint and the requeued job finishes COMPLETED from it."""
     run, log = tmp_path / "run", tmp_path / "job.log"
     total = 6000
-    before = _veth_bytes(slurm2["NS_nodeb"])
+    before = veth_bytes(slurm2["NS_nodeb"])
     job = _sbatch(
         slurm2, run, log, f"--total-steps={total}", "--set=run.checkpoint_every=0",
         "--set=run.eval_episodes=2", options=("-N", "2", "--ntasks-per-node=1"),
@@ -437,7 +415,7 @@ def test_a_two_node_job_trains_across_the_nodes_and_finishes_after_a_requeue(
     _wait_state(slurm2, job, {"PENDING"}, 60)
     (stopped,) = checkpoints(run)
     assert _wait_state(slurm2, job, {"COMPLETED", "FAILED"}, 400) == "COMPLETED", log.read_text()
-    crossed = _veth_bytes(slurm2["NS_nodeb"]) - before
+    crossed = veth_bytes(slurm2["NS_nodeb"]) - before
     text = log.read_text()
     assert text.count("2 rank(s) on 2 host(s) (nodea, nodeb)") == 2, text[-3000:]
     assert f"continuing {run} from env step {stopped}" in text
