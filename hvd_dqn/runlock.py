@@ -8,7 +8,9 @@
 
 A second job that starts on a held directory is refused: `hold` raises ConfigError (one
 line naming the holder's host, pid and start time; exit 2 from the CLI) and nothing in
-the directory is left changed. A lock whose holder is gone is taken over with a
+the directory is left changed (if two starts made the directory at once, the refused one
+leaves a mark and the holder removes the directory at release if it is then empty). A lock
+whose holder is gone is taken over with a
 one-line warning on stderr. Gone means:
 - same machine (the same kernel boot id) and the same pid namespace: the holder's pid
   no longer runs, or now belongs to a process started at another time (the start time
@@ -72,6 +74,8 @@ from typing import Any
 from hvd_dqn.config import ConfigError, shorten
 
 LOCK_NAME = "run.lock"
+MARK_PREFIX = ".made-by-a-refused-start."
+"""A refused start that made the run directory leaves this mark if it cannot remove it."""
 BEAT_EVERY = 10.0
 """Seconds between renewals of the lock's mtime by its holder."""
 STALE_AFTER = 60.0
@@ -240,11 +244,8 @@ class RunLock:
         with contextlib.suppress(OSError):
             if self._ours():
                 self.path.unlink()
-        for directory in self._made:
-            try:
-                directory.rmdir()
-            except OSError:
-                break
+        _remove_marked(self.path.parent)
+        _remove_empty(self._made)
 
     def __enter__(self) -> RunLock:
         return self
@@ -328,12 +329,47 @@ def hold(
         ) from None
     finally:
         if held is None:  # refused: leave nothing behind
-            for directory in made:
-                try:
-                    directory.rmdir()
-                except OSError:
-                    break
+            _forget(made, run_dir)
     return held
+
+
+def _remove_empty(directories: list[Path]) -> bool:
+    """rmdir each (deepest first) until one is not empty; True if all went."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return False
+    return True
+
+
+def _forget(made: list[Path], run_dir: Path) -> None:
+    """Remove the directories a refused start made. If another job made its lock in
+    `run_dir` meanwhile (two starts on a directory that did not exist), the directory
+    is not empty: a mark file names what this start made, and whoever releases the lock
+    removes them if they are empty by then (`_remove_marked`). Written before the lock
+    is looked at again, so a lock released meanwhile is seen gone here and the mark is
+    removed by this process instead."""
+    if not made or _remove_empty(made):
+        return
+    mark = run_dir / f"{MARK_PREFIX}{uuid.uuid4().hex}"
+    with contextlib.suppress(OSError):
+        mark.write_text(json.dumps([str(d) for d in made]))
+        if not (run_dir / LOCK_NAME).exists():
+            _remove_marked(run_dir)
+
+
+def _remove_marked(run_dir: Path) -> None:
+    """Remove the marks refused starts left in `run_dir`, and the directories they made
+    that are empty (the run directory itself first, then its parents)."""
+    with contextlib.suppress(OSError):
+        for mark in run_dir.glob(f"{MARK_PREFIX}*"):
+            try:
+                made = json.loads(mark.read_text())
+                mark.unlink()  # of two processes removing it at once, one goes on
+            except (OSError, ValueError):
+                continue
+            _remove_empty([Path(d) for d in made])
 
 
 def _wait_out_lease(
