@@ -81,7 +81,8 @@ class EnvConfig:
 @dataclass(frozen=True)
 class ReplayConfig:
     capacity: int = _f(100_000, lo=1, hi=1 << 34)
-    """Transitions held per rank (a ring: the oldest are overwritten)."""
+    """Transitions held per rank (a ring: the oldest are overwritten); with
+    learner.batch_scope global, by all ranks together (each holds capacity / p)."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al. 2016, proportional) instead of uniform."""
     alpha: float = _f(0.6, lo=0.0, hi=1.0)
@@ -122,9 +123,10 @@ class LearnerConfig:
     """rank: every rank samples batch_size and makes replay_ratio updates per env step of
     its own, so p ranks update on a batch p times as large, p times less often per env
     step (lr_scaling raises the learning rate to make up). global: batch_size is the
-    batch of all ranks together, each rank samples its share batch_size / p, and the
-    ranks make replay_ratio updates per env step of all ranks: the 1-process algorithm,
-    sample for sample, with the sampling spread over the ranks' replays."""
+    batch of all ranks together, each rank samples its share batch_size / p, each rank's
+    replay holds its share replay.capacity / p, and the ranks make replay_ratio updates
+    per env step of all ranks: the 1-process algorithm, sample for sample, with the
+    sampling spread over the ranks' replays (together as old as one process's)."""
     max_grad_norm: float = _f(10.0, lo=0.0)
     """Clip the averaged gradient to this global norm (0: off)."""
     huber_delta: float = _f(1.0, lo=0.0, lo_open=True)
@@ -388,13 +390,11 @@ def validate(cfg: Config) -> None:
             f"config field exploration.eps_end={cfg.exploration.eps_end}: "
             f"must be <= exploration.eps_start={cfg.exploration.eps_start}"
         )
-    lane = cfg.replay.capacity // cfg.env.num_envs
-    need = cfg.replay.n_step + cfg.env.frame_stack + 2
-    if lane < need:
+    if cfg.replay.capacity < _replay_need(cfg):
         raise ConfigError(
-            f"config field replay.capacity={cfg.replay.capacity}: must hold at "
-            f"least {need} steps per env ({need * cfg.env.num_envs} with "
-            f"env.num_envs={cfg.env.num_envs})"
+            f"config field replay.capacity={cfg.replay.capacity}: must hold at least "
+            f"{_replay_need(cfg) // cfg.env.num_envs} steps per env ({_replay_need(cfg)} "
+            f"with env.num_envs={cfg.env.num_envs})"
         )
     path = os.fsencode(cfg.run.run_dir)
     if len(path) >= PATH_MAX or max(map(len, path.split(b"/"))) > NAME_MAX:
@@ -492,6 +492,27 @@ def rank_batch(cfg: LearnerConfig, world_size: int) -> int:
             f"must be a multiple of the {world_size} ranks (each samples an equal share)"
         )
     return cfg.batch_size // world_size
+
+
+def _replay_need(cfg: Config) -> int:
+    """The fewest transitions a rank's replay can hold: n-step + frame stack + 2 steps
+    in each env's lane."""
+    return (cfg.replay.n_step + cfg.env.frame_stack + 2) * cfg.env.num_envs
+
+
+def rank_capacity(cfg: Config, world_size: int) -> int:
+    """Transitions each rank's replay holds: replay.capacity (batch_scope rank) or its
+    share capacity // p (global; ConfigError if a share is below what the envs need)."""
+    if cfg.learner.batch_scope == "rank":
+        return cfg.replay.capacity
+    share = cfg.replay.capacity // world_size
+    if share < _replay_need(cfg):
+        raise ConfigError(
+            f"config field replay.capacity={cfg.replay.capacity}: with batch_scope global "
+            f"each of the {world_size} ranks holds {share}, fewer than the "
+            f"{_replay_need(cfg)} its {cfg.env.num_envs} envs need"
+        )
+    return share
 
 
 def updates_per_iteration(cfg: LearnerConfig, num_envs: int, world_size: int) -> float:

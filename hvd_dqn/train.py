@@ -33,6 +33,7 @@ from hvd_dqn.config import (
     Config,
     ConfigError,
     rank_batch,
+    rank_capacity,
     run_dir,
     to_yaml,
     updates_per_iteration,
@@ -450,11 +451,12 @@ def build_state(cfg: Config, world: World, collective: bool) -> tuple[TrainState
     worker may be joining a run in progress and must make no collective call here."""
     run: Any = distributed.run_collectively if collective else (lambda fn, what: fn())
     run(lambda: rank_batch(cfg.learner, world.size), "sharing the batch")
+    capacity = run(lambda: rank_capacity(cfg, world.size), "sharing the replay")
     actor = run(lambda: Actor.start(cfg.env, cfg.run.seed, world.rank), "creating the environments")
     obs_space, action_space = actor.envs.single_observation_space, actor.envs.single_action_space
     assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
     layout: dict[str, Any] = dict(
-        capacity=cfg.replay.capacity,
+        capacity=capacity,
         num_envs=cfg.env.num_envs,
         obs_shape=obs_space.shape,
         obs_dtype=obs_space.dtype,

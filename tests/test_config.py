@@ -135,6 +135,18 @@ def test_global_batch_shares_and_update_rates() -> None:
         match="batch_size=128: with batch_scope global it must be a multiple of the 3 ranks",
     ):
         rank_batch(shared, 3)
+    # The replay too: each of p ranks holds replay.capacity / p in the global scope.
+    from hvd_dqn.config import rank_capacity
+
+    cfg = load("cartpole", ["learner.batch_scope=global", "replay.capacity=1000"])
+    assert (rank_capacity(cfg, 1), rank_capacity(cfg, 4)) == (1000, 250)
+    assert rank_capacity(load("cartpole", ["replay.capacity=1000"]), 4) == 1000
+    with pytest.raises(
+        ConfigError,
+        match=r"replay\.capacity=1000: with batch_scope global each of the 40 ranks holds 25, "
+        r"fewer than the 144 its 8 envs need",
+    ):
+        rank_capacity(cfg, 40)
     with pytest.raises(
         ConfigError,
         match=r"learner\.lr_scaling=sqrt: must be none with learner\.batch_scope=global",

@@ -347,10 +347,18 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_survive
 def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -> None:
     """learner.batch_scope=global: 2 ranks sampling 64 each make the updates of one
     process sampling 128, per env step of all ranks (prioritized: the importance weights'
-    max is taken over both ranks); batch_scope=rank: half as many, on batches of 2 x 128.
+    max is taken over both ranks), and each holds half of replay.capacity;
+    batch_scope=rank: half as many updates, on batches of 2 x 128, and a whole replay each.
     (That the mean gradient of 2 ranks x B equals one process's on the 2B samples:
     test_learner.test_two_ranks_with_batch_b_equal_one_process_with_batch_2b.)"""
-    sets = ["run.stop_at_return=none", "run.eval_every=0", "run.eval_episodes=1"]
+    # replay.capacity 1,600 over 8 envs: 200 steps per env, 100 at each of 2 ranks in the
+    # global scope; every rank steps each env 128 times (2,048 / 2 ranks / 8 envs).
+    sets = [
+        "run.stop_at_return=none",
+        "run.eval_every=0",
+        "run.eval_episodes=1",
+        "replay.capacity=1600",
+    ]
     updates = {}
     for name, np_, scope in [("one", 1, "rank"), ("global", 2, "global"), ("rank", 2, "rank")]:
         run = tmp_path / name
@@ -360,6 +368,8 @@ def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -
         summary = json.loads((run / "summary.json").read_text())
         assert summary["env_steps"] == 2048
         updates[name] = summary["updates"]
+        held = checkpoint.read_rank(run, 2048, 0)["replay/actions"].shape[0]
+        assert held == {"one": 200, "global": 100, "rank": 128}[name]
     # Equal up to where the first iteration past learning_starts falls (8 updates at most:
     # one iteration of 2 ranks x 8 envs x replay_ratio 0.5).
     assert abs(updates["global"] - updates["one"]) <= 8, updates
