@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hvd_dqn import __version__
-from hvd_dqn.config import PRESETS, RESUMABLE, Config, ConfigError, load
+from hvd_dqn.config import (
+    PRESETS,
+    RESUMABLE,
+    Config,
+    ConfigError,
+    load,
+    rank_batch,
+    rank_capacity,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -42,6 +50,14 @@ def _launcher_rank() -> int:
     from hvd_dqn.interrupts import launcher_rank
 
     return launcher_rank(os.environ)
+
+
+def _check_worlds(cfg: Config, ranks: list[int]) -> None:
+    """A bench's config at each of its world sizes: ConfigError (one line) if a global
+    batch or replay cannot be shared by one of them, before any run starts."""
+    for size in ranks:
+        rank_batch(cfg.learner, size)
+        rank_capacity(cfg, size)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
@@ -272,7 +288,7 @@ def _bench(args: argparse.Namespace) -> int:
         seeds = _ints("--seeds", args.seeds or default_seeds)
         to_score = args.which == "scaling-to-score"
         ranks = _ints("--ranks", args.ranks or ("1,2" if to_score else "1,2,4"), lo=1)
-        load(args.config, args.overrides)  # refuse a bad config before any run starts
+        _check_worlds(load(args.config, args.overrides), ranks)  # before any run starts
         extra = [f"--set={o}" for o in args.overrides]
         if to_score:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -280,6 +296,7 @@ def _bench(args: argparse.Namespace) -> int:
                 return _fail(f"--modes {args.modes!r}: expected rank, global or both", EXIT_USAGE)
             for mode in modes:  # each one a valid learner.batch_scope
                 cfg = load(args.config, [*args.overrides, f"learner.batch_scope={mode}"])
+                _check_worlds(cfg, ranks)
             if cfg.run.stop_at_return is None:
                 return _fail(
                     f"--config {args.config}: run.stop_at_return is none, so no run would "

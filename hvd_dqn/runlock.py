@@ -334,42 +334,59 @@ def hold(
 
 
 def _remove_empty(directories: list[Path]) -> bool:
-    """rmdir each (deepest first) until one is not empty; True if all went."""
+    """rmdir each (deepest first; one already gone counts as removed) until one is not
+    empty; True if all went."""
     for directory in directories:
         try:
             directory.rmdir()
+        except FileNotFoundError:
+            continue
         except OSError:
             return False
     return True
 
 
 def _forget(made: list[Path], run_dir: Path) -> None:
-    """Remove the directories a refused start made. If another job made its lock in
-    `run_dir` meanwhile (two starts on a directory that did not exist), the directory
-    is not empty: a mark file names what this start made, and whoever releases the lock
-    removes them if they are empty by then (`_remove_marked`). Written before the lock
-    is looked at again, so a lock released meanwhile is seen gone here and the mark is
-    removed by this process instead."""
+    """Remove the directories a refused start made (`run_dir` and the k - 1 parents above
+    it). If another job made its lock in `run_dir` meanwhile (two starts on a directory
+    that did not exist), it is not empty: a mark file says k, and whoever releases the
+    lock removes those directories if they are empty by then (`_remove_marked`). The
+    lock is looked at again after the mark is written, so a lock released meanwhile is
+    seen gone here and the mark is removed by this process instead."""
     if not made or _remove_empty(made):
         return
     mark = run_dir / f"{MARK_PREFIX}{uuid.uuid4().hex}"
-    with contextlib.suppress(OSError):
-        mark.write_text(json.dumps([str(d) for d in made]))
-        if not (run_dir / LOCK_NAME).exists():
-            _remove_marked(run_dir)
+    try:
+        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, str(len(made)).encode())  # a few bytes: one write
+        finally:
+            os.close(fd)
+    except OSError:  # no mark (the directory went meanwhile, or the disk is full)
+        with contextlib.suppress(OSError):
+            mark.unlink()
+        _remove_empty(made)
+        return
+    if _read(run_dir / LOCK_NAME) is None:  # opened, not stat'ed: NFS revalidates
+        _remove_marked(run_dir)
 
 
 def _remove_marked(run_dir: Path) -> None:
-    """Remove the marks refused starts left in `run_dir`, and the directories they made
-    that are empty (the run directory itself first, then its parents)."""
+    """Remove the marks refused starts left in `run_dir`, and the k directories each
+    names (the run directory and its parents, walked up from the real path) that are
+    empty. A mark that cannot be read names no directory."""
     with contextlib.suppress(OSError):
+        here = run_dir.resolve()
         for mark in run_dir.glob(f"{MARK_PREFIX}*"):
             try:
-                made = json.loads(mark.read_text())
-                mark.unlink()  # of two processes removing it at once, one goes on
+                k = int(mark.read_text() or 0)
             except (OSError, ValueError):
+                k = 0
+            try:
+                mark.unlink()  # of two processes removing it at once, one goes on
+            except OSError:
                 continue
-            _remove_empty([Path(d) for d in made])
+            _remove_empty([here, *here.parents][:k])
 
 
 def _wait_out_lease(

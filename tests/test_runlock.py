@@ -145,15 +145,21 @@ def test_of_concurrent_starts_exactly_one_holds(tmp_path: Path, before: str) -> 
     )
 
 
-def test_directories_a_refused_start_made_go_when_the_holder_releases(tmp_path: Path) -> None:
+def test_directories_a_refused_start_made_go_when_the_holder_releases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The race of two starts on a directory that did not exist: A makes it, B finds it
     made and takes the lock, A is refused and cannot remove the directory B's lock is
-    in. A's refusal is entered where it leaves (runlock._forget, with what A made)."""
+    in. A's refusal is entered where it leaves (runlock._forget, with what A made, by a
+    path relative to its own working directory)."""
     run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)  # by A: the holder finds it made and made nothing itself
     holder = _start(run)
     try:
         assert _held(holder)
-        runlock._forget([run, run.parent], run)  # A, refused, made runs/ and runs/a
+        a_made = [Path("runs/a"), Path("runs")]
+        monkeypatch.chdir(tmp_path)
+        runlock._forget(a_made, a_made[0])  # A, refused, made runs/ and runs/a
         marks = [p.name for p in run.iterdir() if p.name.startswith(runlock.MARK_PREFIX)]
         assert len(marks) == 1 and (run / runlock.LOCK_NAME).exists()
     finally:
