@@ -20,8 +20,9 @@ command again to continue".
   orted): when the parent is gone or has itself been orphaned, the launch was killed,
   and the rank stops as if signalled.
 - A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore,
-  the first trace): it waits for the first vote, which stops the run with a checkpoint
-  and exit 75 like any other; until the loop runs the grace below is STARTUP_GRACE.
+  the replay's warm-up, the first update's trace, which takes seconds): it waits for the
+  next vote, which stops the run with a checkpoint and exit 75 like any other; until this
+  process's first update has run, the grace below is STARTUP_GRACE.
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
   Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
   collective the dead rank never joins. So once a stop signal has arrived, a rank that
@@ -54,7 +55,7 @@ from collections.abc import Mapping
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
 SIGNAL_GRACE = 3.0  # seconds a signalled rank waits for the loop to reach the vote
-STARTUP_GRACE = 120.0  # the same before the loop runs (loading, restoring, tracing)
+STARTUP_GRACE = 120.0  # the same before the first update (loading, restoring, tracing)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 SIGNALS_SET = set(SIGNALS)
 SUSPENDED = 5.0  # seconds the watch thread did not run: this process was stopped
@@ -94,7 +95,7 @@ class Interrupts:
         self._beat = time.monotonic()
         environ = os.environ if environ is None else environ
         self._rank = launcher_rank(environ)  # Horovod's, once configure() is called
-        self.starting = True  # until the loop runs: STARTUP_GRACE (see the docstring)
+        self.starting = True  # until the first update: STARTUP_GRACE (see the docstring)
         self._parent = os.getppid()
         # Only a rank that an MPI launcher started directly watches it: a plain
         # `python`/`hvd-dqn` start may outlive its shell (nohup, a subshell) on purpose.
@@ -141,8 +142,8 @@ class Interrupts:
         self.beat()
 
     def running(self) -> None:
-        """The loop runs: from now on a signal that no vote follows within SIGNAL_GRACE
-        means the other ranks are gone."""
+        """The first update has run (traced): from now on a signal that no vote follows
+        within SIGNAL_GRACE means the other ranks are gone."""
         self.starting = False
         self.beat()
 

@@ -120,7 +120,6 @@ class Trainer:
         a reached stop_at_return or a stop voted by any rank. (A run restored after it
         reached stop_at_return has nothing left to train.)"""
         s, cfg = self.state, self.cfg
-        self.interrupts.running()  # a signal during start-up waited for the first vote
         while s.env_steps < cfg.run.total_steps and s.solved_at is None:
             self.interrupts.beat()
             eps = self.epsilon()
@@ -176,6 +175,8 @@ class Trainer:
             batches = [s.replay.empty_batch(batch)] * K
         t0 = time.perf_counter()
         result = s.learner.update(batches)
+        if self.interrupts.starting:  # the first call traced the update: start-up is over
+            self.interrupts.running()
         s.window.record_updates(K, time.perf_counter() - t0, result.loss, result.q_mean)
         finite = (
             math.isfinite(result.loss)

@@ -5,6 +5,7 @@ continues (exit 75) or ends the job with one line (exit 1), and no rank behind."
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ from conftest import (
     wait_for,
 )
 
+from hvd_dqn.config import load, updates_per_iteration
 from hvd_dqn.files import read_rows
 
 EXIT_PREEMPTED = 75
@@ -277,3 +279,32 @@ def test_a_signal_during_start_up_stops_at_the_first_vote_with_exit_75(
         assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     (step,) = checkpoints(run)
     assert f"stopped by SIGTERM at {step} env steps; checkpoint written" in err, err[-2000:]
+
+
+def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
+    tmp_path: Path,
+) -> None:
+    """The first update traces its compiled call, seconds without a vote (here 32 updates
+    in one call: about 10 s). A SIGTERM then is a stop during start-up, not a sign of a
+    dead peer: the rank waits for the trace, votes, writes its checkpoint and exits 75
+    (it used to exit 143 after SIGNAL_GRACE, 3 s: "the other ranks did not reach the
+    next vote")."""
+    run = tmp_path / "run"
+    sets = ["learner.learning_starts=1000", "learner.updates_per_call=32", "run.log_every=8"]
+    cfg = load("cartpole", sets)
+    # From learning_starts each iteration (num_envs env steps) owes u updates: the call of
+    # 32 runs at the iteration where they add up to 32, right after the row of the one
+    # before it.
+    u = updates_per_iteration(cfg.learner, cfg.env.num_envs, 1)
+    first_call = 1_000 + (math.ceil(32 / u) - 1) * cfg.env.num_envs
+    proc = launch(_train(run, *(f"--set={s}" for s in sets)))
+    try:
+        wait_for(lambda: first_call - cfg.env.num_envs in logged_steps(run), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_all(str(run))
+    assert "did not reach the next vote" not in err, err[-2000:]
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert checkpoints(run) == [first_call], err[-2000:]  # the vote after the first call
+    assert f"stopped by SIGTERM at {first_call} env steps; checkpoint written" in err
