@@ -135,8 +135,11 @@ class Interrupts:
             self._signal_time = time.monotonic()
 
     def configure(self, rank: int, max_wall_time: float, stall_timeout: float) -> None:
-        """Start the wall-time clock and the stall watchdog (seconds; 0: off)."""
+        """Start the wall-time clock and the stall watchdog (seconds; 0: off). Called
+        again when an elastic world re-forms: start-up's grace holds again until the next
+        update has run (a new share of a global batch retraces it)."""
         self._rank = rank
+        self.starting = True
         self.deadline = time.monotonic() + max_wall_time if max_wall_time else None
         self.stall_timeout = stall_timeout
         self.beat()
