@@ -26,7 +26,8 @@ command again to continue".
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
   Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
   collective the dead rank never joins. So once a stop signal has arrived, a rank that
-  makes no progress for SIGNAL_GRACE seconds (outside a checkpoint being written) exits
+  makes no progress for SIGNAL_GRACE seconds (outside a long phase: a checkpoint being
+  written, an evaluation, whose ranks wait for the slowest one's episodes) exits
   at once with 128 + the signal's number, as it would have without a handler; the run
   goes on from its previous checkpoint.
 - A signal while exiting: once the run has ended with its checkpoint (or results)
@@ -46,12 +47,13 @@ command again to continue".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
 SIGNAL_GRACE = 3.0  # seconds a signalled rank waits for the loop to reach the vote
@@ -87,7 +89,7 @@ class Interrupts:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.signal = 0  # the first stop signal received (0: none)
         self._signal_time = 0.0
-        self.saving = False  # a checkpoint is being written: no signal grace then
+        self.waiting = False  # in a long phase (long_phase): no signal grace then
         self.launcher_lost = False
         self.deadline: float | None = None  # time.monotonic() by which to stop
         self.exit_code: int | None = None  # set by close(): the run has ended with it
@@ -149,6 +151,19 @@ class Interrupts:
         within SIGNAL_GRACE means the other ranks are gone."""
         self.starting = False
         self.beat()
+
+    @contextlib.contextmanager
+    def long_phase(self) -> Iterator[None]:
+        """A phase that lasts as long as it must and ends on every rank together (a
+        checkpoint's write; an evaluation, where a rank whose episodes ended waits in the
+        gather for the others' longer ones): a stop signal meanwhile waits for its end,
+        however long, instead of SIGNAL_GRACE (the stall watchdog still applies)."""
+        self.waiting = True
+        try:
+            yield
+        finally:
+            self.waiting = False
+            self.beat()
 
     def beat(self) -> None:
         """The loop made progress (called every iteration and during long phases)."""
@@ -214,7 +229,7 @@ class Interrupts:
                 if grandparent is None or grandparent != self._grandparent:
                     self.launcher_lost = True
             idle = now - self._beat
-            if self.signal and not self.saving:
+            if self.signal and not self.waiting:
                 waited = now - max(self._signal_time, self._beat)
                 grace = STARTUP_GRACE if self.starting else SIGNAL_GRACE
                 if waited > grace:

@@ -195,7 +195,8 @@ class Trainer:
         if not (self.crossed(run.eval_every) or s.env_steps >= run.total_steps):
             return False
         t_eval = time.perf_counter()
-        self.last_eval = self._evaluate()
+        with self.interrupts.long_phase():  # ranks wait for the longest episodes
+            self.last_eval = self._evaluate()
         s.window.start += time.perf_counter() - t_eval  # throughput excludes evaluation
         self.chief_log("eval_row", s.env_steps, self.last_eval)
         target = run.stop_at_return
@@ -248,12 +249,8 @@ class Trainer:
         """A checkpoint of the state now (collective)."""
         t0 = time.perf_counter()
         self.state.wall_seconds = time.perf_counter() - self.t_train
-        self.interrupts.saving = True  # a long write is progress, not a stall
-        try:
+        with self.interrupts.long_phase():  # a long write is progress, not a stall
             checkpoint.save(self.out, self.state, self.world, self.cfg, self.save_replay)
-        finally:
-            self.interrupts.saving = False
-            self.interrupts.beat()
         self.save_seconds = time.perf_counter() - t0
 
     # -- the start of a run -------------------------------------------------------------

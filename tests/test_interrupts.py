@@ -308,3 +308,38 @@ def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert checkpoints(run) == [first_call], err[-2000:]  # the vote after the first call
     assert f"stopped by SIGTERM at {first_call} env steps; checkpoint written" in err
+
+
+@pytest.mark.distributed
+def test_a_signal_while_a_rank_waits_for_anothers_evaluation_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """An evaluation splits its episodes over the ranks, and a rank whose episodes ended
+    waits in the gather for the others'. Here rank 0 plays the one episode of MinAtar
+    Freeway (2,501 steps, about a second) at every iteration and rank 1 none: rank 0 is
+    stopped (SIGSTOP) inside an episode, both ranks get SIGTERM, and rank 0 goes on 6 s
+    later. Rank 1 waits for the evaluation instead of exiting 143 after SIGNAL_GRACE (3 s,
+    "did not reach the next vote"), and the run stops at the next vote with its
+    checkpoint."""
+    run = tmp_path / "run"
+    sets = ["run.eval_every=16", "run.eval_episodes=1", "learner.learning_starts=64"]
+    sets += ["run.log_every=16", "replay.capacity=4000", "env.num_envs=8"]
+    extra = ["--config=minatar", "--env=MinAtar/Freeway-v1", *(f"--set={s}" for s in sets)]
+    proc = launch(_train(run, *extra), np=2)
+    try:  # past the first update (the long start-up grace is over), then a new evaluation
+        wait_for(lambda: any(r["loss"] is not None for r in read_rows(run, "train")), proc)
+        evals = len(read_rows(run, "eval"))
+        wait_for(lambda: len(read_rows(run, "eval")) > evals, proc)
+        time.sleep(0.3)  # rank 0 is inside the next evaluation's episode
+        pids = rank_pids(run)
+        os.kill(pids[0], signal.SIGSTOP)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(6)
+        os.kill(pids[0], signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_all(str(run))
+    assert "did not reach the next vote" not in err, err[-2000:]
+    (step,) = checkpoints(run)
+    assert f"stopped by SIGTERM at {step} env steps; checkpoint written" in err, err[-2000:]
