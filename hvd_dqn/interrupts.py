@@ -19,15 +19,16 @@ command again to continue".
   resubmitted job). A rank started by mpirun therefore watches its parent (mpirun or
   orted): when the parent is gone or has itself been orphaned, the launch was killed,
   and the rank stops as if signalled.
-- A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore,
-  the replay's warm-up, the first update's trace, which takes seconds): it waits for the
-  next vote, which stops the run with a checkpoint and exit 75 like any other; until this
-  process's first update has run, the grace below is STARTUP_GRACE.
+- A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore)
+  or during a long phase of the loop (the update's trace: seconds without a vote; an
+  evaluation, where a rank whose episodes ended waits in the gather for the others'
+  longer ones): it waits for the next vote, which stops the run with a checkpoint and
+  exit 75 like any other; the grace below is then STARTUP_GRACE (a checkpoint's write:
+  no bound).
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
   Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
   collective the dead rank never joins. So once a stop signal has arrived, a rank that
-  makes no progress for SIGNAL_GRACE seconds (outside a long phase: a checkpoint being
-  written, an evaluation, whose ranks wait for the slowest one's episodes) exits
+  makes no progress for SIGNAL_GRACE seconds (outside start-up and the long phases) exits
   at once with 128 + the signal's number, as it would have without a handler; the run
   goes on from its previous checkpoint.
 - A signal while exiting: once the run has ended with its checkpoint (or results)
@@ -57,7 +58,7 @@ from collections.abc import Iterator, Mapping
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped cleanly, checkpoint written; resume me
 SIGNAL_GRACE = 3.0  # seconds a signalled rank waits for the loop to reach the vote
-STARTUP_GRACE = 120.0  # the same before the first update (loading, restoring, tracing)
+STARTUP_GRACE = 120.0  # the same in start-up, a trace and an evaluation
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 SIGNALS_SET = set(SIGNALS)
 SUSPENDED = 5.0  # seconds the watch thread did not run: this process was stopped
@@ -89,7 +90,7 @@ class Interrupts:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.signal = 0  # the first stop signal received (0: none)
         self._signal_time = 0.0
-        self.waiting = False  # in a long phase (long_phase): no signal grace then
+        self.grace = STARTUP_GRACE  # seconds a signalled rank waits for the next vote
         self.launcher_lost = False
         self.deadline: float | None = None  # time.monotonic() by which to stop
         self.exit_code: int | None = None  # set by close(): the run has ended with it
@@ -97,7 +98,6 @@ class Interrupts:
         self._beat = time.monotonic()
         environ = os.environ if environ is None else environ
         self._rank = launcher_rank(environ)  # Horovod's, once configure() is called
-        self.starting = True  # until the first update: STARTUP_GRACE (see the docstring)
         self._parent = os.getppid()
         # Only a rank that an MPI launcher started directly watches it: a plain
         # `python`/`hvd-dqn` start may outlive its shell (nohup, a subshell) on purpose.
@@ -138,35 +138,37 @@ class Interrupts:
 
     def configure(self, rank: int, max_wall_time: float, stall_timeout: float) -> None:
         """Start the wall-time clock and the stall watchdog (seconds; 0: off). Called
-        again when an elastic world re-forms: start-up's grace holds again until the next
-        update has run (a new share of a global batch retraces it)."""
+        again when an elastic world re-forms: start-up's grace holds again until the loop
+        runs."""
         self._rank = rank
-        self.starting = True
+        self.grace = STARTUP_GRACE
         self.deadline = time.monotonic() + max_wall_time if max_wall_time else None
         self.stall_timeout = stall_timeout
         self.beat()
 
     def running(self) -> None:
-        """The first update has run (traced): from now on a signal that no vote follows
-        within SIGNAL_GRACE means the other ranks are gone."""
-        self.starting = False
+        """The loop runs: from now on a signal that no vote follows within SIGNAL_GRACE
+        means the other ranks are gone (outside a long phase)."""
+        self.grace = SIGNAL_GRACE
         self.beat()
 
     @contextlib.contextmanager
-    def long_phase(self) -> Iterator[None]:
-        """A phase that lasts as long as it must and ends on every rank together (a
-        checkpoint's write; an evaluation, where a rank whose episodes ended waits in the
-        gather for the others' longer ones): a stop signal meanwhile waits for its end,
-        however long, instead of SIGNAL_GRACE (the stall watchdog still applies)."""
-        self.waiting = True
+    def long_phase(self, grace: float = STARTUP_GRACE) -> Iterator[None]:
+        """A phase of the loop longer than SIGNAL_GRACE without a vote, whose end a
+        stop signal waits for up to `grace` seconds: the update's trace, an evaluation
+        (STARTUP_GRACE), a checkpoint's write (math.inf: a half-written checkpoint is
+        worth waiting for). The stall watchdog still applies."""
+        before = self.grace
+        self.grace = max(before, grace)
         try:
             yield
         finally:
-            self.waiting = False
+            self.grace = before
             self.beat()
 
     def beat(self) -> None:
-        """The loop made progress (called every iteration and during long phases)."""
+        """The loop made progress (every iteration, every evaluation step, and at the
+        end of a long phase)."""
         self._beat = time.monotonic()
 
     def out_of_time(self, save_seconds: float) -> bool:
@@ -229,9 +231,9 @@ class Interrupts:
                 if grandparent is None or grandparent != self._grandparent:
                     self.launcher_lost = True
             idle = now - self._beat
-            if self.signal and not self.waiting:
+            if self.signal:
                 waited = now - max(self._signal_time, self._beat)
-                grace = STARTUP_GRACE if self.starting else SIGNAL_GRACE
+                grace = self.grace
                 if waited > grace:
                     name = signal.Signals(self.signal).name
                     print(

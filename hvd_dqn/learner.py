@@ -8,8 +8,10 @@ updates, each with its own batch, allreduce, optimizer step and target-sync chec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -213,8 +215,13 @@ class Learner(tf.Module):
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(w)) for w in self.online.weights])
         return tf.reduce_mean(loss), tf.reduce_mean(q), tf.reduce_mean(norm), td, finite
 
-    def update(self, batches: Sequence[Batch]) -> UpdateInfo:
-        """Run len(batches) updates in one compiled call."""
+    def update(
+        self,
+        batches: Sequence[Batch],
+        tracing: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> UpdateInfo:
+        """Run len(batches) updates in one compiled call; a call that traces it (the
+        first, and one after a new batch share) runs inside `tracing()`."""
 
         def stack(i: int) -> np.ndarray:
             return np.stack([b[i] for b in batches])
@@ -222,9 +229,14 @@ class Learner(tf.Module):
         stacked = [stack(i) for i in range(6)]
         shapes = tuple(f"{x.shape}{x.dtype.str}" for x in stacked)
         if shapes != self._update_shapes:  # once per run: K and B are fixed
-            specs = [tf.TensorSpec(x.shape, x.dtype) for x in stacked]
-            self._update_concrete = self._compiled_update.get_concrete_function(*specs)
-            self._update_shapes = shapes
+            with tracing():  # seconds: the trace, and the first allreduce's negotiation
+                specs = [tf.TensorSpec(x.shape, x.dtype) for x in stacked]
+                self._update_concrete = self._compiled_update.get_concrete_function(*specs)
+                self._update_shapes = shapes
+                return self._call_update(stacked)
+        return self._call_update(stacked)
+
+    def _call_update(self, stacked: list[np.ndarray]) -> UpdateInfo:
         loss, q, norm, td, finite = self._update_concrete(*stacked)
         return UpdateInfo(float(loss), float(q), float(norm), td.numpy(), bool(finite))
 

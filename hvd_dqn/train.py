@@ -120,6 +120,7 @@ class Trainer:
         a reached stop_at_return or a stop voted by any rank. (A run restored after it
         reached stop_at_return has nothing left to train.)"""
         s, cfg = self.state, self.cfg
+        self.interrupts.running()  # a signal during start-up waited for the first vote
         while s.env_steps < cfg.run.total_steps and s.solved_at is None:
             self.interrupts.beat()
             eps = self.epsilon()
@@ -174,9 +175,7 @@ class Trainer:
         else:  # an elastic worker that joins: zero weight until its replay is filled
             batches = [s.replay.empty_batch(batch)] * K
         t0 = time.perf_counter()
-        result = s.learner.update(batches)
-        if self.interrupts.starting:  # the first call traced the update: start-up is over
-            self.interrupts.running()
+        result = s.learner.update(batches, tracing=self.interrupts.long_phase)
         s.window.record_updates(K, time.perf_counter() - t0, result.loss, result.q_mean)
         finite = (
             math.isfinite(result.loss)
@@ -249,7 +248,7 @@ class Trainer:
         """A checkpoint of the state now (collective)."""
         t0 = time.perf_counter()
         self.state.wall_seconds = time.perf_counter() - self.t_train
-        with self.interrupts.long_phase():  # a long write is progress, not a stall
+        with self.interrupts.long_phase(math.inf):  # a long write is progress, not a stall
             checkpoint.save(self.out, self.state, self.world, self.cfg, self.save_replay)
         self.save_seconds = time.perf_counter() - t0
 

@@ -300,12 +300,15 @@ def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
     proc = launch(_train(run, *(f"--set={s}" for s in sets)))
     try:
         wait_for(lambda: first_call - cfg.env.num_envs in logged_steps(run), proc)
+        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
     finally:
         kill_all(str(run))
     assert "did not reach the next vote" not in err, err[-2000:]
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert took > 4, took  # the trace outlasted the 3 s SIGNAL_GRACE: the case is real
     assert checkpoints(run) == [first_call], err[-2000:]  # the vote after the first call
     assert f"stopped by SIGTERM at {first_call} env steps; checkpoint written" in err
 
@@ -326,12 +329,14 @@ def test_a_signal_while_a_rank_waits_for_anothers_evaluation_waits_for_it(
     sets += ["run.log_every=16", "replay.capacity=4000", "env.num_envs=8"]
     extra = ["--config=minatar", "--env=MinAtar/Freeway-v1", *(f"--set={s}" for s in sets)]
     proc = launch(_train(run, *extra), np=2)
-    try:  # past the first update (the long start-up grace is over), then a new evaluation
+    try:  # past the first update's trace, then a new iteration's row
         wait_for(lambda: any(r["loss"] is not None for r in read_rows(run, "train")), proc)
-        evals = len(read_rows(run, "eval"))
-        wait_for(lambda: len(read_rows(run, "eval")) > evals, proc)
-        time.sleep(0.3)  # rank 0 is inside the next evaluation's episode
         pids = rank_pids(run)
+        rows = len(read_rows(run, "train"))
+        wait_for(lambda: len(read_rows(run, "train")) > rows, proc)
+        # The row is the iteration's last collective; the next one acts, makes its updates
+        # (milliseconds) and plays its evaluation episode (a second): rank 0 is inside it.
+        time.sleep(0.2)
         os.kill(pids[0], signal.SIGSTOP)
         for pid in pids.values():
             os.kill(pid, signal.SIGTERM)
