@@ -6,9 +6,13 @@ the same metrics rows (every value that does not measure time) as the run record
 tests/golden/cartpole-8000.json. Any change to the loop's order of random draws, updates,
 evaluations, logging or checkpoints shows up here as a difference.
 
-oneDNN is switched off (TF_ENABLE_ONEDNN_OPTS=0) so the kernels do not depend on which
-x86 instructions the CPU has. Record again (only when a change of the numbers is meant)
-with HVD_DQN_RECORD_GOLDEN=1.
+oneDNN is switched off (TF_ENABLE_ONEDNN_OPTS=0), yet the numbers still depend on the
+CPU: a machine with AVX-512 rounds differently from one without in the first updates, and
+the runs part from there. So each world size keeps one recording per kind of CPU it was
+made on, and a run must equal one of them bit for bit (a change to the loop equals none).
+Record (only when a change of the numbers is meant, or on a new kind of CPU) with
+HVD_DQN_RECORD_GOLDEN=1: it replaces the recordings, or adds this CPU's with
+HVD_DQN_RECORD_GOLDEN=add.
 """
 
 from __future__ import annotations
@@ -58,10 +62,20 @@ def test_the_loop_reproduces_the_recorded_run_bit_for_bit(tmp_path: Path, np_: i
     got = _fingerprint(run)
     key = f"{np_}rank"
     recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
-    if os.environ.get("HVD_DQN_RECORD_GOLDEN") == "1":
-        recorded[key] = got
+    record = os.environ.get("HVD_DQN_RECORD_GOLDEN")
+    if record in ("1", "add"):
+        kept = recorded.get(key, []) if record == "add" else []
+        recorded[key] = [*(r for r in kept if r != got), got]
         GOLDEN.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
-    want = recorded[key]
-    assert got["final_checkpoint"] == want["final_checkpoint"] == 8000
+    assert got["final_checkpoint"] == 8000
+    # The recording of this CPU's kind: the one whose first rows match (they part within
+    # the first 2,000 env steps), then every row and every variable bit for bit.
+    want = max(recorded[key], key=lambda r: _common_prefix(r["rows"], got["rows"]))
     assert got["rows"] == want["rows"]
     assert got["learner"] == want["learner"]
+
+
+def _common_prefix(a: list, b: list) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
