@@ -285,10 +285,10 @@ def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
     tmp_path: Path,
 ) -> None:
     """The first update traces its compiled call, seconds without a vote (here 32 updates
-    in one call: about 10 s). A SIGTERM then is a stop during start-up, not a sign of a
-    dead peer: the rank waits for the trace, votes, writes its checkpoint and exits 75
-    (it used to exit 143 after SIGNAL_GRACE, 3 s: "the other ranks did not reach the
-    next vote")."""
+    in one call: about 10 s). A SIGTERM then falls in a long phase, not a sign of a dead
+    peer: the rank waits for the trace, votes, writes its checkpoint and exits 75 (it
+    used to exit 143 after SIGNAL_GRACE, 3 s: "the other ranks did not reach the next
+    vote")."""
     run = tmp_path / "run"
     sets = ["learner.learning_starts=1000", "learner.updates_per_call=32", "run.log_every=8"]
     cfg = load("cartpole", sets)
