@@ -1,4 +1,4 @@
-"""Shared helpers: launching real multi-process jobs with horovodrun."""
+"""Shared helpers: launching real multi-process jobs with mpirun and horovodrun."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ def quiet_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# The mpirun command line horovodrun builds for `-np N` on this machine (rank-tagged
+# output, no core binding, slot mapping, TCP), run directly: horovodrun first checks in a
+# child process that Horovod was built with MPI, which imports TensorFlow and costs 3-4 s
+# per job. Tests of horovodrun itself (its signals, Gloo, elastic, two hosts) still start it.
+def mpirun_cmd(np: int) -> list[str]:
+    return [
+        "mpirun", "--allow-run-as-root", "--tag-output", "-np", str(np), "-H", f"localhost:{np}",
+        "-bind-to", "none", "-map-by", "slot", "-mca", "pml", "ob1", "-mca", "btl", "^openib",
+    ]  # fmt: skip
+
+
 def horovodrun(
     args: list[str],
     np: int = 2,
@@ -41,6 +52,16 @@ def horovodrun(
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env or quiet_env(), cwd=ROOT
     )
+
+
+def mpirun(
+    args: list[str], np: int = 2, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `args` as `np` ranks under mpirun, as `horovodrun -np N` would."""
+    return subprocess.run(
+        mpirun_cmd(np) + args,
+        capture_output=True, text=True, timeout=timeout, env=env or quiet_env(), cwd=ROOT,
+    )  # fmt: skip
 
 
 def hvd_dqn(
@@ -84,13 +105,16 @@ def worker() -> Path:
 
 
 def launch(
-    args: list[str], np: int = 1, env: dict[str, str] | None = None
+    args: list[str], np: int = 1, env: dict[str, str] | None = None, launcher: str = "mpirun"
 ) -> subprocess.Popen[str]:
-    """Start `hvd-dqn ARGS` (np=1) or `horovodrun -np N hvd-dqn ARGS` in the background,
-    in its own session (its own process group, as a terminal's foreground job is)."""
+    """Start `hvd-dqn ARGS` (np=1) or `mpirun|horovodrun -np N hvd-dqn ARGS` in the
+    background, in its own session (its own process group, as a terminal's foreground
+    job is)."""
     cmd = [str(BIN / "hvd-dqn"), *args]
-    if np > 1:
+    if np > 1 and launcher == "horovodrun":
         cmd = [str(BIN / "horovodrun"), "-np", str(np), *cmd]
+    elif np > 1:
+        cmd = mpirun_cmd(np) + cmd
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

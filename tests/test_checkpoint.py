@@ -14,11 +14,11 @@ import pytest
 from conftest import (
     BIN,
     checkpoints,
-    horovodrun,
     hvd_dqn,
     kill_all,
     launch,
     logged_steps,
+    mpirun,
     rank_pids,
     train_args,
     wait_for,
@@ -280,7 +280,7 @@ def test_a_run_continued_at_another_world_size_says_what_starts_anew(tmp_path: P
     run = tmp_path / "run"
     proc = hvd_dqn(_train_args(run, 2000))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = horovodrun([str(BIN / "hvd-dqn"), *_train_args(run, 3000)], np=2)
+    proc = mpirun([str(BIN / "hvd-dqn"), *_train_args(run, 3000)], np=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         "continuing at env step 2000: its checkpoint was written by 1 rank(s), this job has 2; "

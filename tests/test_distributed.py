@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, WORKERS, horovodrun, hvd_dqn, quiet_env
+from conftest import BIN, WORKERS, horovodrun, hvd_dqn, mpirun, quiet_env
 
 from hvd_dqn.distributed import WorldError, choose_gpu, cpu_threads_per_rank, expected_world_size
 
@@ -146,7 +146,7 @@ def test_the_elastic_mean_leaves_out_a_rank_of_weight_zero(tmp_path: Path) -> No
 
 @pytest.mark.distributed
 def test_mismatched_shapes_raise_instead_of_hanging(tmp_path: Path) -> None:
-    proc = horovodrun(
+    proc = mpirun(
         [sys.executable, str(WORKERS / "layer_worker.py"), str(tmp_path), "mismatch"], timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, horovodrun, quiet_env, train_args
+from conftest import BIN, mpirun, quiet_env, train_args
 
 from hvd_dqn import checkpoint
 
@@ -55,7 +55,7 @@ def _fingerprint(run: Path) -> dict:
 def test_the_loop_reproduces_the_recorded_run_bit_for_bit(tmp_path: Path, np_: int) -> None:
     run = tmp_path / "run"
     env = quiet_env(TF_ENABLE_ONEDNN_OPTS="0")
-    proc = horovodrun(
+    proc = mpirun(
         [str(BIN / "hvd-dqn"), *train_args("cartpole", 8000, run, *SETS)], np=np_, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

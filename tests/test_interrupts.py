@@ -132,7 +132,8 @@ def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(
     tmp_path: Path, sig: str, target: str
 ) -> None:
     run = tmp_path / "run"
-    proc = launch(_train(run), np=2)
+    launcher = "mpirun" if target == "mpirun" else "horovodrun"
+    proc = launch(_train(run), np=2, launcher=launcher)
     try:
         _started(run, proc)
         assert len(rank_pids(run)) == 2

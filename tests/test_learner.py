@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import WORKERS, horovodrun
+from conftest import WORKERS, mpirun
 
 from hvd_dqn.config import LearnerConfig, NetworkConfig
 from hvd_dqn.learner import Adam, Learner
@@ -91,7 +91,7 @@ def test_same_seed_same_initial_weights_on_every_rank() -> None:
 @pytest.mark.distributed
 @pytest.mark.compat
 def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path: Path) -> None:
-    proc = horovodrun([sys.executable, str(WORKERS / "equivalence_worker.py"), str(tmp_path)])
+    proc = mpirun([sys.executable, str(WORKERS / "equivalence_worker.py"), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in range(2):
         result = json.loads((tmp_path / f"rank{r}.json").read_text())
