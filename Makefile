@@ -2,8 +2,9 @@
 #   make train   set up what is missing, then train on the default (CartPole-v1, 2 ranks)
 #   make test    set up what is missing (SLURM, sshd, podman, shellcheck too), then lint,
 #                type-check and run the tests (the 25 slowest listed at the end)
-#   make test-fast  lint, type check and every test that starts no daemon (`-m "not
-#                cluster"`: no SLURM, no two hosts, no elastic), a few minutes
+#   make test-fast  lint, type check and every test that starts no daemon and no
+#                multi-process run of over ~10 s (`-m "not cluster and not slow"`),
+#                under 5 minutes: the inner loop while editing
 #   make image   build the CPU image (podman, or docker with a daemon); make image-test
 #                runs doctor and a 2-rank training inside it
 # The first set-up compiles Horovod from source (about 5-8 minutes on 2 cores).
@@ -58,7 +59,7 @@ test: lint typecheck
 	$(BIN)/pytest -q -ra --durations=25 $(PYTEST_ARGS)
 
 test-fast: lint typecheck
-	$(BIN)/pytest -q -ra -m "not cluster" --durations=10
+	$(BIN)/pytest -q -ra -m "not cluster and not slow" --durations=10
 
 # The older stack: TensorFlow 2.15.1 (Keras 2) in its own venv, and the tests marked
 # `compat` there: what differs on Keras 2 (collectives, the learner, a checkpoint's round

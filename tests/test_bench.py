@@ -10,6 +10,7 @@ import pytest
 from conftest import hvd_dqn
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_efficiency_runs_every_world_size_and_rule_at_equal_env_steps(tmp_path: Path) -> None:
     out = tmp_path / "eff.json"
@@ -36,6 +37,7 @@ def test_efficiency_runs_every_world_size_and_rule_at_equal_env_steps(tmp_path: 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
     tmp_path: Path,
@@ -80,6 +82,7 @@ def test_a_world_larger_than_the_cores_gets_a_projected_time_from_the_measured_r
     assert four["speedup"] == 200.0 / 75.0
 
 
+@pytest.mark.slow
 def test_faults_bench_stops_at_start_up_and_refuses_a_second_job(tmp_path: Path) -> None:
     """`bench faults`' start-up and two-jobs trials, one process: SIGTERM 0.5 s after the
     process appears exits 75 (before this was handled: 143); a second job on a run

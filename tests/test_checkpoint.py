@@ -134,6 +134,7 @@ def _learner(run: Path, step: int) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.compat
 @pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])
@@ -173,6 +174,7 @@ def test_a_run_killed_with_sigkill_resumes_bit_identical(tmp_path: Path, np_: in
     assert first["updates"] == second["updates"] > 0
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["--set=run.checkpoint_every=1000", "--set=run.keep_checkpoints=5"]
@@ -203,6 +205,7 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(tmp_path: Pat
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 5000
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("config", "extra"),
@@ -248,6 +251,7 @@ def test_every_preset_stops_on_sigterm_and_the_same_command_finishes_it(
     assert summary["env_steps"] == steps and summary["updates"] > 0
 
 
+@pytest.mark.slow
 def test_one_command_starts_continues_and_finishes_a_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = hvd_dqn(_train_args(run, 2000))
@@ -275,6 +279,7 @@ def test_one_command_starts_continues_and_finishes_a_run(tmp_path: Path) -> None
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 3400
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_run_continued_at_another_world_size_says_what_starts_anew(tmp_path: Path) -> None:
     run = tmp_path / "run"

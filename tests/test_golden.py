@@ -51,7 +51,9 @@ def _fingerprint(run: Path) -> dict:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])
+@pytest.mark.parametrize(
+    "np_", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["1rank", "2ranks"]
+)
 def test_the_loop_reproduces_the_recorded_run_bit_for_bit(tmp_path: Path, np_: int) -> None:
     run = tmp_path / "run"
     env = quiet_env(TF_ENABLE_ONEDNN_OPTS="0")

@@ -118,6 +118,7 @@ def _mpirun_pid(run: Path) -> int:
     return pid
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("sig", "target"),
@@ -159,6 +160,7 @@ def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(
     assert f"at {step} env steps; checkpoint written" in err
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_stalled_rank_ends_the_job_after_the_stall_timeout(tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -183,6 +185,7 @@ def test_a_stalled_rank_ends_the_job_after_the_stall_timeout(tmp_path: Path) -> 
     assert checkpoints(run) == []  # nothing saved from a job that could not vote
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_job_stopped_and_continued_goes_on_training(tmp_path: Path) -> None:
     """SIGSTOP to every rank, then SIGCONT (`scontrol suspend`/`resume`, Ctrl-Z and
@@ -213,6 +216,7 @@ def test_a_job_stopped_and_continued_goes_on_training(tmp_path: Path) -> None:
     assert f"stopped by SIGTERM at {step} env steps" in err
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_any_checkpoint_of_it(
     tmp_path: Path,
@@ -254,6 +258,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_any_checkpoint_of
     assert rows and all(row["env_steps"] < bad_step for row in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])
 @pytest.mark.parametrize("delay", [0.5, 4.0], ids=["loading", "starting"])
@@ -282,6 +287,7 @@ def test_a_signal_during_start_up_stops_at_the_first_vote_with_exit_75(
     assert f"stopped by SIGTERM at {step} env steps; checkpoint written" in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
     tmp_path: Path,
 ) -> None:
@@ -314,6 +320,7 @@ def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
     assert f"stopped by SIGTERM at {first_call} env steps; checkpoint written" in err
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_signal_while_a_rank_waits_for_anothers_evaluation_waits_for_it(
     tmp_path: Path,

@@ -101,12 +101,13 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     ("config", "steps", "extra"),
     [
         pytest.param("cartpole", 4000, [], marks=pytest.mark.compat),
-        (
+        pytest.param(
             "minatar",
             3000,
             ["replay.capacity=4000", "learner.learning_starts=500", "env.max_episode_steps=200"],
+            marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(
             "atari",
             800,
             [
@@ -115,6 +116,7 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
                 "env.max_episode_steps=150",
                 "env.num_envs=2",
             ],
+            marks=pytest.mark.slow,
         ),
     ],
     ids=["cartpole", "minatar", "atari"],
@@ -264,6 +266,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_second_job_on_a_run_dir_is_refused_and_a_killed_ones_is_taken_over(
     tmp_path: Path,
 ) -> None:
@@ -304,6 +307,7 @@ def test_a_run_dir_that_cannot_be_created_is_a_usage_error() -> None:
     assert proc.stdout == ""  # not a line about the run first
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("gloo", [False, True], ids=["mpi", "gloo"])
 def test_bad_input_under_two_ranks_is_one_line_from_rank_0(tmp_path: Path, gloo: bool) -> None:
@@ -356,6 +360,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_survive
         subprocess.run(["umount", str(disk)])
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_global_batch_makes_one_process_updates_per_env_step(tmp_path: Path) -> None:
     """learner.batch_scope=global: 2 ranks sampling 64 each make the updates of one
