@@ -21,6 +21,7 @@ Errors are one line on stderr (from rank 0 only).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import math
 import os
 import platform
@@ -386,6 +387,10 @@ def _train(args: argparse.Namespace) -> int:
         world = distributed.init(expect_size=args.expect_world_size, threads=threads)
     except distributed.WorldError as exc:
         return _fail(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE)
+    # A crash in native code (TensorFlow, MPI, Horovod) prints every thread's Python stack
+    # before the process dies. Enabled after MPI's init, which installs its own SIGSEGV
+    # handler: faulthandler runs first, then hands the signal to it.
+    faulthandler.enable()
     if cfg.run.deterministic:
         tf.config.experimental.enable_op_determinism()
     code = EXIT_FAILURE
