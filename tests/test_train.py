@@ -316,17 +316,8 @@ def test_bad_input_under_two_ranks_is_one_line_from_rank_0(tmp_path: Path, gloo:
         (["--run-dir", str(tmp_path / "f")], "exists and is not a directory"),
     ):
         (tmp_path / "f").write_text("a file")
-        proc = horovodrun(
-            [
-                str(BIN / "hvd-dqn"),
-                "train",
-                "--no-progress",
-                "--run-dir",
-                str(tmp_path / "r"),
-                *args,
-            ],
-            gloo=gloo,
-        )
+        cmd = [str(BIN / "hvd-dqn"), "train", "--no-progress", "--run-dir", str(tmp_path / "r")]
+        proc = horovodrun([*cmd, *args], gloo=True) if gloo else mpirun([*cmd, *args])
         errors = [line for line in proc.stderr.splitlines() if "hvd-dqn: error" in line]
         assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
         assert "shut down" not in proc.stderr
