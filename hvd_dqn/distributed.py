@@ -391,7 +391,9 @@ def run_elastic(fn: Callable[[ElasticCommit], T], commit: ElasticCommit) -> T:
 
 
 def shutdown() -> None:
-    """Horovod: stop the background thread (idempotent)."""
+    """Horovod: stop the background thread (idempotent). It waits for the thread, which
+    frees Horovod's MPI communicators (never MPI itself: mpi4py initialized it). After
+    it, hvd.rank()/size() and Horovod's ops raise; World keeps rank and size."""
     if hvd.is_initialized():
         hvd.shutdown()
 

@@ -395,6 +395,11 @@ class Trainer:
         ranks = distributed.allgather_object(
             {"pid": os.getpid(), "digest": s.learner.digest(), **self.membership.record()}
         )
+        # The run's last collective: every rank stops Horovod here, together. Otherwise the
+        # first rank to exit makes rank 0's background thread tear down (free its MPI
+        # communicators) on its own while rank 0's main thread exports the policy; a rank 0
+        # died of SIGSEGV once in that window (a two-node SLURM job; cause unconfirmed).
+        distributed.shutdown()
         digests = [r["digest"] for r in ranks]
         if len(set(digests)) > 1:
             raise TrainingError(f"the ranks ended with different weights: {digests}")
