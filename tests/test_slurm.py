@@ -54,6 +54,7 @@ SlurmctldPidFile={dir}/slurmctld.pid
 SlurmdPidFile={dir}/slurmd.pid
 SlurmctldLogFile={dir}/slurmctld.log
 SlurmdLogFile={dir}/slurmd.log
+TmpFS={dir}/tmp
 SlurmctldPort=16817
 SlurmdPort=16818
 {common}NodeName={host} CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory={mem}
@@ -107,8 +108,11 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if not shutil.which("slurmctld") or not shutil.which("munged") or os.geteuid() != 0:
         pytest.skip("needs root and Debian's slurm-wlm and munge (make test installs them)")
     d = tmp_path_factory.mktemp("slurm")
-    (d / "state").mkdir()
-    (d / "spool").mkdir()
+    # TmpFS in the test's own directory: PMIx makes spmix_appdir_<uid>_<job>.<step> there,
+    # and job ids start at 1 in every new SLURM, so a directory left in /tmp by an earlier
+    # (killed) run failed this run's step launch ("File exists").
+    for sub in ("state", "spool", "tmp"):
+        (d / sub).mkdir()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 9 // 10
     host = socket.gethostname().split(".")[0]
     conf = d / "slurm.conf"
