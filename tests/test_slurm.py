@@ -176,7 +176,7 @@ def _wait_state(env: dict[str, str], job: str, states: set[str], timeout: float)
     return state
 
 
-def _wait_logged(run: Path, log: Path, timeout: float = 120) -> None:
+def _wait_logged(run: Path, log: Path, timeout: float = 300) -> None:
     """Until the job's run has logged its first training row (the job's log on failure)."""
     deadline = time.monotonic() + timeout
     while not logged_steps(run):
