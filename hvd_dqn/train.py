@@ -395,11 +395,6 @@ class Trainer:
         ranks = distributed.allgather_object(
             {"pid": os.getpid(), "digest": s.learner.digest(), **self.membership.record()}
         )
-        # The run's last collective: every rank stops Horovod here, together. Otherwise the
-        # first rank to exit makes rank 0's background thread tear down (free its MPI
-        # communicators) on its own while rank 0's main thread exports the policy; a rank 0
-        # died of SIGSEGV once in that window (a two-node SLURM job; cause unconfirmed).
-        distributed.shutdown()
         digests = [r["digest"] for r in ranks]
         if len(set(digests)) > 1:
             raise TrainingError(f"the ranks ended with different weights: {digests}")
@@ -436,6 +431,12 @@ class Trainer:
                 flush=True,
             )
             return
+        # Horovod stops here, before the export: otherwise the first rank to exit makes
+        # this rank's background thread tear down (free its MPI communicators) on its own,
+        # beside the export; a rank 0 died of SIGSEGV once in that window (a two-node SLURM
+        # job; cause unconfirmed). Not before the stop's line above: mpirun SIGKILLs its
+        # ranks 1 s after it forwards a SIGTERM.
+        distributed.shutdown()
         obs_dtype = s.actor.envs.single_observation_space.dtype
         rundir.write_results(
             out, ExportedPolicy(s.learner.online, obs_dtype), self.cfg.env, summary
