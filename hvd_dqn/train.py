@@ -431,12 +431,6 @@ class Trainer:
                 flush=True,
             )
             return
-        # Horovod stops here, before the export: otherwise the first rank to exit makes
-        # this rank's background thread tear down (free its MPI communicators) on its own,
-        # beside the export; a rank 0 died of SIGSEGV once in that window (a two-node SLURM
-        # job; cause unconfirmed). Not before the stop's line above: mpirun SIGKILLs its
-        # ranks 1 s after it forwards a SIGTERM.
-        distributed.shutdown()
         obs_dtype = s.actor.envs.single_observation_space.dtype
         rundir.write_results(
             out, ExportedPolicy(s.learner.online, obs_dtype), self.cfg.env, summary
