@@ -37,6 +37,18 @@ def mpirun_cmd(np: int) -> list[str]:
     ]  # fmt: skip
 
 
+def horovodrun_cmd(np: int, gloo: bool = False) -> list[str]:
+    return [str(BIN / "horovodrun"), "-np", str(np), *(["--gloo"] if gloo else [])]
+
+
+def _run(
+    cmd: list[str], timeout: float, env: dict[str, str] | None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env or quiet_env(), cwd=ROOT
+    )
+
+
 def horovodrun(
     args: list[str],
     np: int = 2,
@@ -45,37 +57,21 @@ def horovodrun(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `args` as `np` processes under horovodrun (MPI, or Gloo), real processes."""
-    cmd = [str(BIN / "horovodrun"), "-np", str(np)]
-    if gloo:
-        cmd.append("--gloo")
-    cmd += args
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env=env or quiet_env(), cwd=ROOT
-    )
+    return _run(horovodrun_cmd(np, gloo) + args, timeout, env)
 
 
 def mpirun(
     args: list[str], np: int = 2, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `args` as `np` ranks under mpirun, as `horovodrun -np N` would."""
-    return subprocess.run(
-        mpirun_cmd(np) + args,
-        capture_output=True, text=True, timeout=timeout, env=env or quiet_env(), cwd=ROOT,
-    )  # fmt: skip
+    return _run(mpirun_cmd(np) + args, timeout, env)
 
 
 def hvd_dqn(
     args: list[str], timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the console script as one process."""
-    return subprocess.run(
-        [str(BIN / "hvd-dqn"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or quiet_env(),
-        cwd=ROOT,
-    )
+    return _run([str(BIN / "hvd-dqn"), *args], timeout, env)
 
 
 def train_args(config: str, steps: int, run: Path, *sets: str) -> list[str]:
@@ -112,7 +108,7 @@ def launch(
     job is)."""
     cmd = [str(BIN / "hvd-dqn"), *args]
     if np > 1 and launcher == "horovodrun":
-        cmd = [str(BIN / "horovodrun"), "-np", str(np), *cmd]
+        cmd = horovodrun_cmd(np) + cmd
     elif np > 1:
         cmd = mpirun_cmd(np) + cmd
     return subprocess.Popen(
