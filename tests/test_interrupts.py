@@ -328,22 +328,25 @@ def test_a_signal_while_a_rank_waits_for_anothers_evaluation_waits_for_it(
     """An evaluation splits its episodes over the ranks, and a rank whose episodes ended
     waits in the gather for the others'. Here rank 0 plays the one episode of MinAtar
     Freeway (2,501 steps, about a second) at every iteration and rank 1 none: rank 0 is
-    stopped (SIGSTOP) inside an episode, both ranks get SIGTERM, and rank 0 goes on 6 s
+    stopped (SIGSTOP) inside an iteration, both ranks get SIGTERM, and rank 0 goes on 6 s
     later. Rank 1 waits for the evaluation instead of exiting 143 after SIGNAL_GRACE (3 s,
     "did not reach the next vote"), and the run stops at the next vote with its
-    checkpoint."""
+    checkpoint. No updates yet (learning_starts): the evaluation's gather is the only
+    collective before the vote, so wherever rank 0 stops between its row and the end of
+    its episode, rank 1 is in that gather (with updates, a loaded machine could stop rank
+    0 before its update's allreduce, where rank 1 rightly gives up after 3 s)."""
     run = tmp_path / "run"
-    sets = ["run.eval_every=16", "run.eval_episodes=1", "learner.learning_starts=64"]
+    sets = ["run.eval_every=16", "run.eval_episodes=1", "learner.learning_starts=150000"]
     sets += ["run.log_every=16", "replay.capacity=4000", "env.num_envs=8"]
     extra = ["--config=minatar", "--env=MinAtar/Freeway-v1", *(f"--set={s}" for s in sets)]
     proc = launch(_train(run, *extra), np=2)
-    try:  # past the first update's trace, then a new iteration's row
-        wait_for(lambda: any(r["loss"] is not None for r in read_rows(run, "train")), proc)
+    try:  # past the first evaluation's trace, then a new iteration's row
+        wait_for(lambda: len(read_rows(run, "train")) >= 2, proc)
         pids = rank_pids(run)
         rows = len(read_rows(run, "train"))
         wait_for(lambda: len(read_rows(run, "train")) > rows, proc)
-        # The row is the iteration's last collective; the next one acts, makes its updates
-        # (milliseconds) and plays its evaluation episode (a second): rank 0 is inside it.
+        # The row follows the iteration's vote; the next one acts (milliseconds) and plays
+        # its evaluation episode (a second): rank 0 is inside that iteration.
         time.sleep(0.2)
         os.kill(pids[0], signal.SIGSTOP)
         for pid in pids.values():
