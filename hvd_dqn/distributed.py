@@ -500,6 +500,19 @@ def allgather_object(obj: T) -> list[T]:
     return list(hvd.allgather_object(obj))  # Horovod (Gloo): pickled allgather
 
 
+def last_allgather_object(obj: T) -> list[T]:
+    """`allgather_object` for a run's last collective before `shutdown`: through
+    Horovod's own allgather under every controller. Through mpi4py, a rank could still be
+    inside the gather when a faster peer had left it and stopped Horovod; the peer's stop
+    then tore down this rank's Horovod thread (its MPI communicators) beside that call,
+    and the rank died of SIGSEGV now and then. Horovod completes an op on every rank
+    before it acts on a shutdown, so after this gather no rank is inside an MPI call
+    while any Horovod thread stops."""
+    if hvd.size() == 1:
+        return [obj]
+    return list(hvd.allgather_object(obj))
+
+
 def check_same(what: str, value: str) -> None:
     """Raise WorldError on every rank unless all ranks hold the same `value`."""
     values = allgather_object(value)

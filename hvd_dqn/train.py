@@ -392,7 +392,7 @@ class Trainer:
         train_seconds = time.perf_counter() - self.t_train
         s.actor.close()
         # Every rank must end with the same weights (elastic resets included).
-        ranks = distributed.allgather_object(
+        ranks = distributed.last_allgather_object(
             {"pid": os.getpid(), "digest": s.learner.digest(), **self.membership.record()}
         )
         digests = [r["digest"] for r in ranks]
