@@ -22,7 +22,7 @@ command again to continue".
 - A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore)
   or during a long phase of the loop (the update's trace: seconds without a vote; an
   evaluation, where a rank whose episodes ended waits in the gather for the others'
-  longer ones): it waits for the next vote, which stops the run with a checkpoint and
+  longer ones; rank 0's write of a metrics row, which the others wait for): it waits for the next vote, which stops the run with a checkpoint and
   exit 75 like any other; the grace below is then STARTUP_GRACE (a checkpoint's write:
   no bound).
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
@@ -155,8 +155,8 @@ class Interrupts:
     @contextlib.contextmanager
     def long_phase(self, grace: float = STARTUP_GRACE) -> Iterator[None]:
         """A phase of the loop longer than SIGNAL_GRACE without a vote, whose end a
-        stop signal waits for up to `grace` seconds: the update's trace, an evaluation
-        (STARTUP_GRACE), a checkpoint's write (math.inf: a half-written checkpoint is
+        stop signal waits for up to `grace` seconds: the update's trace, an evaluation,
+        a metrics row's write (STARTUP_GRACE), a checkpoint's write (math.inf: a half-written checkpoint is
         worth waiting for). The stall watchdog still applies."""
         before = self.grace
         self.grace = max(before, grace)

@@ -362,8 +362,13 @@ class Trainer:
         return distributed.on_chief(fn, what, self.world)
 
     def chief_log(self, method: str, *args: Any) -> None:
-        """Rank 0 writes a metrics row (collective)."""
-        self.on_chief(lambda: getattr(self.log, method)(*args), f"writing the log in {self.out}")
+        """Rank 0 writes a metrics row (collective). The other ranks wait for the write
+        in a gather: a long phase, so a slow filesystem under a stop signal is waited
+        for instead of taken for a dead rank 0."""
+        with self.interrupts.long_phase():
+            self.on_chief(
+                lambda: getattr(self.log, method)(*args), f"writing the log in {self.out}"
+            )
 
     def _evaluate(self) -> dict[str, float]:
         """Greedy evaluation, episodes split across ranks and gathered (collective)."""

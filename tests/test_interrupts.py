@@ -41,6 +41,11 @@ LONG = [
 ]
 
 
+def _state(pid: int) -> str:
+    """The state letter of process `pid` (T: stopped), from /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _train(run: Path, *extra: str) -> list[str]:
     return ["train", "--run-dir", str(run), *LONG, *extra]
 
@@ -327,28 +332,35 @@ def test_a_signal_while_a_rank_waits_for_anothers_evaluation_waits_for_it(
 ) -> None:
     """An evaluation splits its episodes over the ranks, and a rank whose episodes ended
     waits in the gather for the others'. Here rank 0 plays the one episode of MinAtar
-    Freeway (2,501 steps, about a second) at every iteration and rank 1 none: rank 0 is
-    stopped (SIGSTOP) inside an iteration, both ranks get SIGTERM, and rank 0 goes on 6 s
-    later. Rank 1 waits for the evaluation instead of exiting 143 after SIGNAL_GRACE (3 s,
-    "did not reach the next vote"), and the run stops at the next vote with its
-    checkpoint. No updates yet (learning_starts): the evaluation's gather is the only
-    collective before the vote, so wherever rank 0 stops between its row and the end of
-    its episode, rank 1 is in that gather (with updates, a loaded machine could stop rank
-    0 before its update's allreduce, where rank 1 rightly gives up after 3 s)."""
+    Freeway (2,501 steps) at every iteration and rank 1 none: rank 0 is stopped (SIGSTOP)
+    inside an iteration, before it has written that iteration's evaluation row, both ranks
+    get SIGTERM, and rank 0 goes on 6 s later. Rank 1 waits for the evaluation instead of
+    exiting 143 after SIGNAL_GRACE (3 s, "did not reach the next vote"), and the run stops
+    at the next vote with its checkpoint. No updates yet (learning_starts): between a
+    training row and the next evaluation row rank 1 is only ever in a row's write or the
+    evaluation's gather (long phases). A stop that landed past the evaluation row (a
+    loaded machine) is let go and tried again at the next iteration."""
     run = tmp_path / "run"
     sets = ["run.eval_every=16", "run.eval_episodes=1", "learner.learning_starts=150000"]
     sets += ["run.log_every=16", "replay.capacity=4000", "env.num_envs=8"]
     extra = ["--config=minatar", "--env=MinAtar/Freeway-v1", *(f"--set={s}" for s in sets)]
     proc = launch(_train(run, *extra), np=2)
-    try:  # past the first evaluation's trace, then a new iteration's row
+    try:  # past the first evaluation's trace
         wait_for(lambda: len(read_rows(run, "train")) >= 2, proc)
         pids = rank_pids(run)
-        rows = len(read_rows(run, "train"))
-        wait_for(lambda: len(read_rows(run, "train")) > rows, proc)
-        # The row follows the iteration's vote; the next one acts (milliseconds) and plays
-        # its evaluation episode (a second): rank 0 is inside that iteration.
-        time.sleep(0.2)
-        os.kill(pids[0], signal.SIGSTOP)
+        for _ in range(10):
+            rows = len(read_rows(run))
+            wait_for(lambda n=rows: len(read_rows(run)) > n, proc)
+            # A training row follows the iteration's vote; the next iteration acts
+            # (milliseconds) and plays its evaluation episode, whose row comes next.
+            time.sleep(0.1)  # into the evaluation's episode, as a rule
+            os.kill(pids[0], signal.SIGSTOP)
+            wait_for(lambda: _state(pids[0]) == "T", proc)
+            if read_rows(run)[-1]["kind"] == "train":
+                break  # stopped before its evaluation row: rank 1 is in a long phase
+            os.kill(pids[0], signal.SIGCONT)
+        else:
+            pytest.fail("rank 0 was never stopped inside an evaluation in 10 iterations")
         for pid in pids.values():
             os.kill(pid, signal.SIGTERM)
         time.sleep(6)
