@@ -456,6 +456,7 @@ def doctor(expect_world_size: int | None = None) -> int:
     except distributed.WorldError as exc:
         return _fail(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE)
     ranks = distributed.allgather_object(distributed.describe_rank(world))
+    distributed.leave_together()
     if world.is_chief:
         lines.append(("world", f"size {world.size}, controller {world.controller}"))
         _print_doctor(lines, ranks, "Gloo" in info["controllers"])

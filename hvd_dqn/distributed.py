@@ -501,17 +501,17 @@ def allgather_object(obj: T) -> list[T]:
     return list(hvd.allgather_object(obj))  # Horovod (Gloo): pickled allgather
 
 
-def last_allgather_object(obj: T) -> list[T]:
-    """`allgather_object` for a run's last collective before `shutdown`: through
-    Horovod's own allgather under every controller. Through mpi4py, a rank could still be
-    inside the gather when a faster peer had left it and stopped Horovod; the peer's stop
-    then tore down this rank's Horovod thread (its MPI communicators) beside that call,
-    and the rank died of SIGSEGV now and then. Horovod completes an op on every rank
-    before it acts on a shutdown, so after this gather no rank is inside an MPI call
-    while any Horovod thread stops."""
-    if hvd.size() == 1:
-        return [obj]
-    return list(hvd.allgather_object(obj))
+def leave_together() -> None:
+    """Every rank, after the run's last mpi4py collective (before it ends or raises the
+    error every rank found): one Horovod op, which completes on no rank before every rank
+    has left that collective. Without it, a rank could still be inside an mpi4py gather
+    when a faster peer had left it and stopped Horovod; the peer's stop tore down this
+    rank's Horovod thread and the communicators beside that call, and the rank died of
+    SIGSEGV now and then. Horovod completes an op on every rank before it acts on a
+    shutdown, so after this no rank is inside an MPI call while a Horovod thread stops.
+    (Under Gloo every host-side collective is a Horovod op already.)"""
+    if hvd.size() > 1 and _comm is not None:
+        vote([0])
 
 
 def check_same(what: str, value: str) -> None:
@@ -519,6 +519,7 @@ def check_same(what: str, value: str) -> None:
     values = allgather_object(value)
     if len(set(values)) > 1:
         differing = [r for r, v in enumerate(values) if v != values[0]]
+        leave_together()
         raise WorldError(f"ranks {differing} resolved a different {what} from rank 0")
 
 
@@ -553,6 +554,7 @@ def run_collectively(fn: Callable[[], T], what: str) -> T:
         else:
             parts = "; ".join(f"rank {r}: {e[1]}" for r, e in failed)
             line = f"{what} failed on {len(failed)} of {len(errors)} ranks: {parts}"
+        leave_together()
         raise WorldError(line, usage=usage)
     return result  # type: ignore[return-value]
 

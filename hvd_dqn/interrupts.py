@@ -41,8 +41,8 @@ command again to continue".
   connection closing), this rank prints one line and exits with code 1; the launcher
   (mpirun, srun --kill-on-bad-exit) then ends the others. Horovod's own stall check does
   not fire in that case: it runs in the coordinator's background loop, which is itself
-  blocked in the MPI/Gloo exchange with the stopped rank, and our per-iteration vote
-  is an MPI call outside Horovod altogether. Time this process itself spent stopped
+  blocked in the MPI/Gloo exchange with the stopped rank (the same loop that runs our
+  per-iteration vote). Time this process itself spent stopped
   (a suspended job: SIGSTOP to every rank, then SIGCONT) does not count.
 """
 

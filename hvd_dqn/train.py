@@ -318,6 +318,7 @@ class Trainer:
         )
 
     def _already_finished(self) -> dict[str, Any]:
+        distributed.leave_together()  # nothing collective follows
         summary = rundir.read_summary(self.out) or {} if self.world.is_chief else {}
         if self.world.is_chief:
             print(
@@ -397,9 +398,10 @@ class Trainer:
         train_seconds = time.perf_counter() - self.t_train
         s.actor.close()
         # Every rank must end with the same weights (elastic resets included).
-        ranks = distributed.last_allgather_object(
+        ranks = distributed.allgather_object(
             {"pid": os.getpid(), "digest": s.learner.digest(), **self.membership.record()}
         )
+        distributed.leave_together()  # the run's last collective
         digests = [r["digest"] for r in ranks]
         if len(set(digests)) > 1:
             raise TrainingError(f"the ranks ended with different weights: {digests}")
