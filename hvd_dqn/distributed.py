@@ -11,7 +11,8 @@ single-process DQN: `init()` without a launcher gives exactly that.
 Host-side checks that are not tensors (the config every rank resolved, a rank's error
 message) go through mpi4py when the controller is MPI, and through Horovod's object
 collectives under Gloo, where there is no MPI world. The loop's per-iteration vote
-goes through Horovod under both (see `vote`).
+goes through Horovod under both (see `vote`), and so does the last collective before a
+run ends (see `leave_together`).
 """
 
 from __future__ import annotations
