@@ -22,7 +22,8 @@ command again to continue".
 - A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore)
   or during a long phase of the loop (the update's trace: seconds without a vote; an
   evaluation, where a rank whose episodes ended waits in the gather for the others'
-  longer ones; rank 0's write of a metrics row, which the others wait for): it waits for the next vote, which stops the run with a checkpoint and
+  longer ones; rank 0's write of a metrics row, which the others wait for; the end of
+  the run after its last vote: the envs closed, the last gather, the report): it waits for the next vote, which stops the run with a checkpoint and
   exit 75 like any other; the grace below is then STARTUP_GRACE (a checkpoint's write:
   no bound).
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
@@ -43,7 +44,8 @@ command again to continue".
   not fire in that case: it runs in the coordinator's background loop, which is itself
   blocked in the MPI/Gloo exchange with the stopped rank (the same loop that runs our
   per-iteration vote). Time this process itself spent stopped
-  (a suspended job: SIGSTOP to every rank, then SIGCONT) does not count.
+  (a suspended job: SIGSTOP to every rank, then SIGCONT) does not count, and the
+  update's trace (seconds of this rank's own compute) has at least STARTUP_GRACE.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class Interrupts:
         self.deadline: float | None = None  # time.monotonic() by which to stop
         self.exit_code: int | None = None  # set by close(): the run has ended with it
         self.stall_timeout = 0.0
+        self._stall_floor = 0.0  # the least stall timeout now (a trace: STARTUP_GRACE)
         self._beat = time.monotonic()
         environ = os.environ if environ is None else environ
         self._rank = launcher_rank(environ)  # Horovod's, once configure() is called
@@ -165,6 +168,19 @@ class Interrupts:
         finally:
             self.grace = before
             self.beat()
+
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[None]:
+        """The update's trace and its first call: a long phase in which this rank
+        computes for seconds without a beat (over 20 s on a loaded 2-core machine), so
+        the stall timeout is at least STARTUP_GRACE in it: a slow trace is not a stall."""
+        before = self._stall_floor
+        self._stall_floor = STARTUP_GRACE
+        try:
+            with self.long_phase():
+                yield
+        finally:
+            self._stall_floor = before
 
     def beat(self) -> None:
         """The loop made progress (every iteration, every evaluation step, and at the
@@ -244,7 +260,8 @@ class Interrupts:
                         flush=True,
                     )
                     os._exit(128 + self.signal)
-            if self.stall_timeout and idle > self.stall_timeout:
+            stall = max(self.stall_timeout, self._stall_floor) if self.stall_timeout else 0
+            if stall and idle > stall:
                 print(
                     f"hvd-dqn: error: rank {self._rank}: no progress for {idle:.0f} s "
                     f"(run.stall_timeout={self.stall_timeout:g}): another rank stalled or "

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,6 +189,28 @@ def test_a_stalled_rank_ends_the_job_after_the_stall_timeout(tmp_path: Path) -> 
     assert took < 20 + 10, f"the job ended {took:.1f} s after the stall"
     assert "rank 0: no progress for" in err and "run.stall_timeout=20" in err
     assert checkpoints(run) == []  # nothing saved from a job that could not vote
+
+
+def test_the_updates_trace_is_not_a_stall_but_silence_after_it_is() -> None:
+    """The first update traces for seconds without a beat (over 20 s on a loaded 2-core
+    machine, where run.stall_timeout=20 once ended a healthy job before its first row):
+    inside Interrupts.tracing the stall timeout is at least STARTUP_GRACE; outside, the
+    same silence ends the process with exit 1."""
+    code = (
+        "import time\n"
+        "from hvd_dqn.interrupts import Interrupts\n"
+        "i = Interrupts({})\n"
+        "i.configure(0, 0, 1.0)\n"  # run.stall_timeout=1
+        "i.running()\n"
+        "with i.tracing():\n"
+        "    time.sleep(3)\n"
+        "print('traced', flush=True)\n"
+        "time.sleep(3)\n"
+        "print('not reached', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["traced"], proc.stderr
+    assert proc.returncode == 1 and "no progress for" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
