@@ -375,6 +375,7 @@ def restore(run_dir: Path, state: TrainState, world: Any, cfg: Any) -> Restored:
             world_size=meta["world_size"],
             replay_saved=bool(meta.get("replay_saved")),
         )
+    distributed.leave_together()  # every rank raises this, after an mpi4py gather
     raise CheckpointError(
         f"run directory {run_dir}: none of its {len(candidates)} checkpoints can be read "
         f"(newest: {reasons[0] if reasons else 'none'}); move the run aside to start again"

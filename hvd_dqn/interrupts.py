@@ -22,10 +22,11 @@ command again to continue".
 - A signal during start-up (Python and TensorFlow loading, Horovod starting, a restore)
   or during a long phase of the loop (the update's trace: seconds without a vote; an
   evaluation, where a rank whose episodes ended waits in the gather for the others'
-  longer ones; rank 0's write of a metrics row, which the others wait for; the end of
-  the run after its last vote: the envs closed, the last gather, the report): it waits for the next vote, which stops the run with a checkpoint and
-  exit 75 like any other; the grace below is then STARTUP_GRACE (a checkpoint's write:
-  no bound).
+  longer ones; rank 0's write of a metrics row, which the others wait for): it waits
+  for the next vote, which stops the run with a checkpoint and exit 75 like any other;
+  the grace below is then STARTUP_GRACE (a checkpoint's write: no bound). A signal at
+  the end of a run, after its last vote (the envs closed, the last gather, rank 0's
+  report and export), waits for that end too, and the run exits with its own code.
 - A signal while the other ranks are gone: srun (--kill-on-bad-exit), mpirun and
   Kubernetes send SIGTERM to the survivors of a rank that died, and those wait in a
   collective the dead rank never joins. So once a stop signal has arrived, a rank that
@@ -44,8 +45,9 @@ command again to continue".
   not fire in that case: it runs in the coordinator's background loop, which is itself
   blocked in the MPI/Gloo exchange with the stopped rank (the same loop that runs our
   per-iteration vote). Time this process itself spent stopped
-  (a suspended job: SIGSTOP to every rank, then SIGCONT) does not count, and the
-  update's trace (seconds of this rank's own compute) has at least STARTUP_GRACE.
+  (a suspended job: SIGSTOP to every rank, then SIGCONT) does not count, and in the
+  phases of this rank's own long work (`busy`: the update's trace, the end of a run)
+  the timeout is at least STARTUP_GRACE.
 """
 
 from __future__ import annotations
@@ -159,8 +161,9 @@ class Interrupts:
     def long_phase(self, grace: float = STARTUP_GRACE) -> Iterator[None]:
         """A phase of the loop longer than SIGNAL_GRACE without a vote, whose end a
         stop signal waits for up to `grace` seconds: the update's trace, an evaluation,
-        a metrics row's write (STARTUP_GRACE), a checkpoint's write (math.inf: a half-written checkpoint is
-        worth waiting for). The stall watchdog still applies."""
+        a metrics row's write, the end of a run (STARTUP_GRACE), a checkpoint's write
+        (math.inf: a half-written checkpoint is worth waiting for). The stall watchdog
+        still applies (see `busy` for the phases of this rank's own long work)."""
         before = self.grace
         self.grace = max(before, grace)
         try:
@@ -170,10 +173,12 @@ class Interrupts:
             self.beat()
 
     @contextlib.contextmanager
-    def tracing(self) -> Iterator[None]:
-        """The update's trace and its first call: a long phase in which this rank
-        computes for seconds without a beat (over 20 s on a loaded 2-core machine), so
-        the stall timeout is at least STARTUP_GRACE in it: a slow trace is not a stall."""
+    def busy(self) -> Iterator[None]:
+        """A long phase of this rank's own work without a beat: the update's trace (over
+        20 s on a loaded 2-core machine) with its first call, and the end of a run (rank
+        0's policy export, another trace). The stall timeout in it is at least
+        STARTUP_GRACE: slow work is not a stall. (A peer that stops during the first
+        update is then found after STARTUP_GRACE, not run.stall_timeout.)"""
         before = self._stall_floor
         self._stall_floor = STARTUP_GRACE
         try:

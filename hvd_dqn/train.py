@@ -87,7 +87,7 @@ def train(cfg: Config, world: World, interrupts: Interrupts) -> dict[str, Any]:
             return finished
         # The end (the envs closed, the last gather, rank 0's report and export): seconds
         # on a loaded machine and no vote after it, so a stop signal then waits for it.
-        with interrupts.long_phase():
+        with interrupts.busy():
             return trainer.finish(t_process)
     finally:
         if trainer.lock is not None:  # rank 0: the run directory is free again
@@ -180,7 +180,7 @@ class Trainer:
         else:  # an elastic worker that joins: zero weight until its replay is filled
             batches = [s.replay.empty_batch(batch)] * K
         t0 = time.perf_counter()
-        result = s.learner.update(batches, tracing=self.interrupts.tracing)
+        result = s.learner.update(batches, tracing=self.interrupts.busy)
         s.window.record_updates(K, time.perf_counter() - t0, result.loss, result.q_mean)
         finite = (
             math.isfinite(result.loss)
