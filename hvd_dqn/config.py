@@ -143,7 +143,8 @@ class LearnerConfig:
     """Updates per env step (0.25: one update every 4 steps): of each rank's own env
     steps with batch_scope rank, of all ranks' together with batch_scope global."""
     updates_per_call: int = _f(1, lo=1, hi=64)
-    """Updates fused into one compiled call (fewer Python round trips)."""
+    """Updates fused into one compiled call (fewer Python round trips). A loop iteration
+    takes as many env steps as owe one call, and votes once (steps_per_iteration)."""
     fp16_allreduce: bool = False
     """Send gradients as float16 in the allreduce (half the bytes)."""
 
@@ -515,12 +516,21 @@ def rank_capacity(cfg: Config, world_size: int) -> int:
     return share
 
 
-def updates_per_iteration(cfg: LearnerConfig, num_envs: int, world_size: int) -> float:
-    """Updates owed per loop iteration (num_envs env steps on each of p ranks):
+def updates_per_step(cfg: LearnerConfig, num_envs: int, world_size: int) -> float:
+    """Updates owed per vector step (num_envs env steps on each of p ranks):
     replay_ratio x num_envs (batch_scope rank: per env step of each rank) or
     replay_ratio x num_envs x p (global: per env step of all ranks, as one process)."""
     steps = num_envs * (world_size if cfg.batch_scope == "global" else 1)
     return steps * cfg.replay_ratio
+
+
+def steps_per_iteration(cfg: Config, world_size: int) -> int:
+    """Vector steps in one loop iteration: as many as owe one compiled call of
+    updates_per_call updates (at least 1). Each iteration ends in one vote, a collective
+    that every rank waits for, so the loop pays it once per call rather than once per
+    vector step (MinAtar: 1 update per step, 4 per call: a quarter of the votes)."""
+    per_step = updates_per_step(cfg.learner, cfg.env.num_envs, world_size)
+    return max(1, int(cfg.learner.updates_per_call // per_step))
 
 
 def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:

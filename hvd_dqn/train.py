@@ -35,8 +35,9 @@ from hvd_dqn.config import (
     rank_batch,
     rank_capacity,
     run_dir,
+    steps_per_iteration,
     to_yaml,
-    updates_per_iteration,
+    updates_per_step,
 )
 from hvd_dqn.distributed import World
 from hvd_dqn.dqn import linear_schedule
@@ -121,18 +122,15 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------
 
     def loop(self) -> None:
-        """DQN, one iteration per step of all of this rank's envs, until total_steps,
-        a reached stop_at_return or a stop voted by any rank. (A run restored after it
-        reached stop_at_return has nothing left to train.)"""
+        """DQN, one iteration per compiled update call (steps_per_iteration steps of all
+        of this rank's envs), until total_steps, a reached stop_at_return or a stop voted
+        by any rank. (A run restored after it reached stop_at_return has nothing left to
+        train.)"""
         s, cfg = self.state, self.cfg
         self.interrupts.running()  # a signal during start-up waited for the first vote
         while s.env_steps < cfg.run.total_steps and s.solved_at is None:
             self.interrupts.beat()
-            eps = self.epsilon()
-            s.window.record_episodes(*s.actor.step(s.learner.greedy_actions, eps, s.replay))
-            per_iter = cfg.env.num_envs * self.world.size
-            s.env_steps += per_iter
-            s.window.env_steps += per_iter
+            eps = self.act()
             finite = self.learn()
             reached = finite and self.maybe_evaluate()
             decision = self.vote(finite, reached)
@@ -146,6 +144,23 @@ class Trainer:
             saved = self.maybe_checkpoint()
             self.membership.after_iteration(self, saved)
 
+    def act(self) -> float:
+        """The iteration's vector steps (epsilon-greedy, into the replay); returns the
+        last epsilon."""
+        s, per_step = self.state, self.cfg.env.num_envs * self.world.size
+        for _ in range(self.steps):
+            eps = self.epsilon()
+            s.window.record_episodes(*s.actor.step(s.learner.greedy_actions, eps, s.replay))
+            s.env_steps += per_step
+            s.window.env_steps += per_step
+        return eps
+
+    @property
+    def steps(self) -> int:
+        """Vector steps per iteration (config.steps_per_iteration; an elastic world may
+        change size)."""
+        return steps_per_iteration(self.cfg, self.world.size)
+
     def epsilon(self) -> float:
         e = self.cfg.exploration
         return linear_schedule(e.eps_start, e.eps_end, e.eps_decay_steps, self.state.env_steps)
@@ -158,7 +173,7 @@ class Trainer:
         can_update, ready = self.membership.may_update(self)
         if not can_update:
             return True
-        s.update_debt += updates_per_iteration(
+        s.update_debt += self.steps * updates_per_step(
             self.cfg.learner, self.cfg.env.num_envs, self.world.size
         )
         finite = True
@@ -242,7 +257,8 @@ class Trainer:
 
     def crossed(self, every: int) -> bool:
         """True at the iteration where env_steps passes a multiple of `every` (never 0)."""
-        step, per_iter = self.state.env_steps, self.cfg.env.num_envs * self.world.size
+        step = self.state.env_steps
+        per_iter = self.steps * self.cfg.env.num_envs * self.world.size
         return every > 0 and step // every > (step - per_iter) // every
 
     def ending(self) -> bool:

@@ -123,13 +123,26 @@ def test_learning_rate_scaling_rules() -> None:
     assert scaled_lr(LearnerConfig(lr=1e-3, lr_scaling="sqrt"), 4) == pytest.approx(2e-3)
 
 
+def test_an_iteration_takes_the_steps_that_owe_one_compiled_call() -> None:
+    from hvd_dqn.config import steps_per_iteration
+
+    minatar = load("minatar")  # 4 envs x replay_ratio 0.25: 1 update per step, 4 per call
+    assert steps_per_iteration(minatar, 1) == steps_per_iteration(minatar, 8) == 4
+    shared = load("minatar", ["learner.batch_scope=global"])  # p updates per step
+    assert [steps_per_iteration(shared, p) for p in (1, 2, 4, 8)] == [4, 2, 1, 1]
+    assert steps_per_iteration(load("cartpole"), 1) == 1  # 8 x 0.5 = 4 per step, 4 per call
+    # A remainder stays in the update debt: 0.3 per step, 10 per call -> 33 steps.
+    odd = load("minatar", ["learner.replay_ratio=0.075", "learner.updates_per_call=10"])
+    assert steps_per_iteration(odd, 1) == 33
+
+
 def test_global_batch_shares_and_update_rates() -> None:
-    from hvd_dqn.config import rank_batch, updates_per_iteration
+    from hvd_dqn.config import rank_batch, updates_per_step
 
     per_rank = load("cartpole").learner  # batch 128, replay_ratio 0.5
     shared = load("cartpole", ["learner.batch_scope=global"]).learner
     assert (rank_batch(per_rank, 4), rank_batch(shared, 4)) == (128, 32)
-    assert (updates_per_iteration(per_rank, 8, 4), updates_per_iteration(shared, 8, 4)) == (4, 16)
+    assert (updates_per_step(per_rank, 8, 4), updates_per_step(shared, 8, 4)) == (4, 16)
     with pytest.raises(
         ConfigError,
         match="batch_size=128: with batch_scope global it must be a multiple of the 3 ranks",

@@ -28,7 +28,7 @@ from conftest import (
     wait_for,
 )
 
-from hvd_dqn.config import load, updates_per_iteration
+from hvd_dqn.config import load, steps_per_iteration, updates_per_step
 from hvd_dqn.files import read_rows
 
 EXIT_PREEMPTED = 75
@@ -327,14 +327,16 @@ def test_a_signal_during_the_first_updates_trace_waits_for_it_and_exits_75(
     run = tmp_path / "run"
     sets = ["learner.learning_starts=1000", "learner.updates_per_call=32", "run.log_every=8"]
     cfg = load("cartpole", sets)
-    # From learning_starts each iteration (num_envs env steps) owes u updates: the call of
-    # 32 runs at the iteration where they add up to 32, right after the row of the one
-    # before it.
-    u = updates_per_iteration(cfg.learner, cfg.env.num_envs, 1)
-    first_call = 1_000 + (math.ceil(32 / u) - 1) * cfg.env.num_envs
+    # An iteration takes the vector steps that owe one call of 32 (steps_per_iteration):
+    # the call runs at the first iteration past learning_starts, right after the row of
+    # the one before it.
+    steps = steps_per_iteration(cfg, 1)
+    assert steps * updates_per_step(cfg.learner, cfg.env.num_envs, 1) == 32
+    per_iter = steps * cfg.env.num_envs
+    first_call = math.ceil(1_000 / per_iter) * per_iter
     proc = launch(_train(run, *(f"--set={s}" for s in sets)))
     try:
-        wait_for(lambda: first_call - cfg.env.num_envs in logged_steps(run), proc)
+        wait_for(lambda: first_call - per_iter in logged_steps(run), proc)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)

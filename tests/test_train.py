@@ -103,7 +103,7 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
         pytest.param("cartpole", 4000, [], marks=pytest.mark.compat),
         pytest.param(
             "minatar",
-            3000,
+            3200,
             ["replay.capacity=4000", "learner.learning_starts=500", "env.max_episode_steps=200"],
             marks=pytest.mark.slow,
         ),
