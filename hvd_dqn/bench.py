@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from hvd_dqn.config import load
 from hvd_dqn.files import atomic_write, read_rows
 
 BIN = Path(sys.executable).parent
@@ -541,10 +542,13 @@ def _pinned(ranks: int, cmd: list[str]) -> tuple[list[str], bool]:
 
 
 def _to_score_run(ranks: int, mode: str, seed: int, run: Path, args: list[str]) -> dict:
-    """One run to the preset's score: p ranks on p cores, one TensorFlow thread each."""
+    """One run to the preset's score: p ranks on p cores, one TensorFlow thread each.
+    `mode` is a batch scope, with its learning-rate rule after a + (rank+sqrt)."""
+    scope, _, rule = mode.partition("+")
     train = [
         str(BIN / "hvd-dqn"), "train", "--run-dir", str(run), "--no-progress",
-        "--seed", str(seed), f"--set=learner.batch_scope={mode}", "--set=run.threads=1", *args,
+        "--seed", str(seed), f"--set=learner.batch_scope={scope}", "--set=run.threads=1",
+        *([f"--set=learner.lr_scaling={rule}"] if rule else []), *args,
     ]  # fmt: skip
     launcher = [str(BIN / "horovodrun"), "-np", str(ranks)] if ranks > 1 else []
     cmd, pinned = _pinned(ranks, [*launcher, *train])
@@ -554,9 +558,12 @@ def _to_score_run(ranks: int, mode: str, seed: int, run: Path, args: list[str]) 
         raise RuntimeError(f"{' '.join(cmd)} failed: {' | '.join(tail)}")
     summary = json.loads((run / "summary.json").read_text())
     evals = [(r["env_steps"], r["wall_seconds"], r["return_mean"]) for r in read_rows(run, "eval")]
+    ran = load(str(run / "config.yaml")).learner  # what the run trained with
     return {
         "ranks": ranks,
         "mode": mode,
+        "batch_scope": ran.batch_scope,
+        "lr_scaling": ran.lr_scaling,
         "seed": seed,
         "pinned": pinned,
         "solved": summary["solved_at_env_steps"] is not None,
@@ -605,9 +612,12 @@ def bench_scaling_to_score(
     seeds: Sequence[int] = (0, 1, 2),
     config: str = "cartpole",
     extra: Sequence[str] = (),
+    rules: Sequence[str] = ("none",),
 ) -> dict[str, Any]:
     """Time and env steps until the greedy evaluation reaches the preset's score
-    (run.stop_at_return), at each world size and batch scope, over seeds.
+    (run.stop_at_return), at each world size and batch scope, over seeds; the rank scope
+    once per learning-rate rule (`rules`: its mode is then "rank+sqrt", ...; the global
+    scope takes none, its one process's learning rate).
 
     The hardware is fixed per rank: p ranks run on p cores (taskset) with one
     TensorFlow thread each, so 1 process on 1 core against p ranks on p cores is the
@@ -615,8 +625,13 @@ def bench_scaling_to_score(
     oversubscribed: its env steps to the score are real, its time is projected from
     the per-rank env steps/s of the largest world that had a core per rank (labelled).
     """
-    ranks = sorted({1, *ranks})  # one process first: the baseline of every speedup
-    cases = [(p, mode) for p in ranks for mode in (modes if p > 1 else modes[:1])]
+    ranks = sorted(set(ranks))  # one process first, when asked: the baseline of speedups
+    variants = [
+        mode if rule == "none" else f"{mode}+{rule}"
+        for mode in modes
+        for rule in (rules if mode == "rank" else ("none",))
+    ]
+    cases = [(p, mode) for p in ranks for mode in (variants if p > 1 else modes[:1])]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for p, mode in cases:
@@ -627,7 +642,8 @@ def bench_scaling_to_score(
                       f"steps, {runs[-1]['train_seconds']:.1f} s", flush=True)  # fmt: skip
     rows: list[dict] = []
     for p, mode in cases:
-        rows.append(_to_score_row(p, mode, runs, rows[0] if rows else None))
+        base = rows[0] if rows and rows[0]["ranks"] == 1 else None
+        rows.append(_to_score_row(p, mode, runs, base))
     columns = ["ranks", "mode", "seeds", "solved", "env_steps", "seconds", "time_vs_1"]
     print(_table(rows, [*columns, "speedup", "time"]))
     result: dict[str, Any] = {"bench": "scaling-to-score", "config": config}

@@ -183,12 +183,18 @@ def _add_bench(sub: Any) -> None:
         default="cartpole",
         help="solve, scaling, efficiency, scaling-to-score: preset or YAML (cartpole)",
     )
-    bench.add_argument("--ranks", help="efficiency, scaling-to-score: world sizes (1,2,4; 1,2)")
+    bench.add_argument(
+        "--ranks",
+        help="efficiency, scaling-to-score: world sizes (1,2,4; 1,2); scaling-to-score times "
+        "them against 1 when it is in the list",
+    )
     bench.add_argument(
         "--modes", default="rank,global", help="scaling-to-score: learner.batch_scope values"
     )
     bench.add_argument(
-        "--rules", default="none,linear,sqrt", help="efficiency: learner.lr_scaling rules"
+        "--rules",
+        help="efficiency (none,linear,sqrt), scaling-to-score (none: with --modes rank, "
+        "each rule a row): learner.lr_scaling rules",
     )
     bench.add_argument(
         "--total-steps", type=_whole, default=30_000, help="efficiency: env steps of every run"
@@ -291,6 +297,15 @@ def _bench(args: argparse.Namespace) -> int:
         ranks = _ints("--ranks", args.ranks or ("1,2" if to_score else "1,2,4"), lo=1)
         _check_worlds(load(args.config, args.overrides), ranks)  # before any run starts
         extra = [f"--set={o}" for o in args.overrides]
+        rules = [
+            r.strip()
+            for r in (args.rules or ("none" if to_score else "none,linear,sqrt")).split(",")
+            if r.strip()
+        ]
+        if not rules:
+            return _fail(f"--rules {args.rules!r}: expected none, linear, sqrt", EXIT_USAGE)
+        for rule in rules:  # each one a valid learner.lr_scaling
+            load(args.config, [*args.overrides, f"learner.lr_scaling={rule}"])
         if to_score:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             if not modes:
@@ -304,14 +319,11 @@ def _bench(args: argparse.Namespace) -> int:
                     f"reach a score; give one, e.g. --set run.stop_at_return=10",
                     EXIT_USAGE,
                 )
-            bench.bench_scaling_to_score(args.json, ranks, modes, seeds, args.config, extra)
+            bench.bench_scaling_to_score(args.json, ranks, modes, seeds, args.config, extra, rules)
             return 0
         if args.which == "solve":
             bench.bench_solve(args.json, seeds, args.np, args.config, extra, args.keep)
             return 0
-        rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-        for rule in rules:  # each one a valid learner.lr_scaling
-            load(args.config, [*args.overrides, f"learner.lr_scaling={rule}"])
         if args.total_steps < 1000:
             return _fail(f"--total-steps {args.total_steps}: must be >= 1000", EXIT_USAGE)
         bench.bench_efficiency(

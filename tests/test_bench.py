@@ -44,6 +44,7 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
 ) -> None:
     out = tmp_path / "to-score.json"
     args = ["bench", "scaling-to-score", "--config", "cartpole", "--ranks", "1,2", "--seeds", "0"]
+    args += ["--rules", "none,sqrt"]  # the rank scope once per rule; global takes none
     # A score CartPole cannot reach (its episodes end at 500): every run takes the budget.
     sets = ["run.total_steps=2000", "run.stop_at_return=1000", "run.eval_every=1000"]
     sets += ["run.eval_episodes=2", "learner.learning_starts=500"]
@@ -53,9 +54,12 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
     assert [(r["ranks"], r["mode"]) for r in result["rows"]] == [
         (1, "(any)"),
         (2, "rank"),
+        (2, "rank+sqrt"),
         (2, "global"),
     ]
     for run in result["runs"]:  # a core per rank here (2 cores), the whole budget, 2 evals
+        scope, _, rule = run["mode"].partition("+")
+        assert (run["batch_scope"], run["lr_scaling"]) == (scope, rule or "none"), run
         assert run["pinned"] and not run["solved"] and run["env_steps"] == 2000, run
         (first, _, _), (last, _, _) = run["evals"]  # at the iteration reaching 1000, at the end
         assert 1000 <= first < 1000 + 16 and last == 2000, run

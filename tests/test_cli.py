@@ -45,6 +45,7 @@ from conftest import hvd_dqn, quiet_env
             "--config minatar: run.stop_at_return is none, so no run would reach a score",
         ),
         (["bench", "scaling-to-score", "--modes", ","], 2, "--modes ',': expected rank"),
+        (["bench", "efficiency", "--rules", ","], 2, "--rules ',': expected none, linear"),
         (  # a global replay that one of the bench's world sizes cannot share
             [
                 "bench",
