@@ -543,12 +543,13 @@ def _pinned(ranks: int, cmd: list[str]) -> tuple[list[str], bool]:
 
 def _to_score_run(ranks: int, mode: str, seed: int, run: Path, args: list[str]) -> dict:
     """One run to the preset's score: p ranks on p cores, one TensorFlow thread each.
-    `mode` is a batch scope, with its learning-rate rule after a + (rank+sqrt)."""
+    `mode` is a batch scope, with its learning-rate rule after a + (rank+sqrt; none
+    without one), which override the config's."""
     scope, _, rule = mode.partition("+")
     train = [
         str(BIN / "hvd-dqn"), "train", "--run-dir", str(run), "--no-progress",
-        "--seed", str(seed), f"--set=learner.batch_scope={scope}", "--set=run.threads=1",
-        *([f"--set=learner.lr_scaling={rule}"] if rule else []), *args,
+        "--seed", str(seed), "--set=run.threads=1", *args,
+        f"--set=learner.batch_scope={scope}", f"--set=learner.lr_scaling={rule or 'none'}",
     ]  # fmt: skip
     launcher = [str(BIN / "horovodrun"), "-np", str(ranks)] if ranks > 1 else []
     cmd, pinned = _pinned(ranks, [*launcher, *train])

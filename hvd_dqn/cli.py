@@ -193,8 +193,8 @@ def _add_bench(sub: Any) -> None:
     )
     bench.add_argument(
         "--rules",
-        help="efficiency (none,linear,sqrt), scaling-to-score (none: with --modes rank, "
-        "each rule a row): learner.lr_scaling rules",
+        help="efficiency (none,linear,sqrt), scaling-to-score (the config's; the rank "
+        "scope once per rule, global with none): learner.lr_scaling rules",
     )
     bench.add_argument(
         "--total-steps", type=_whole, default=30_000, help="efficiency: env steps of every run"
@@ -297,11 +297,10 @@ def _bench(args: argparse.Namespace) -> int:
         ranks = _ints("--ranks", args.ranks or ("1,2" if to_score else "1,2,4"), lo=1)
         _check_worlds(load(args.config, args.overrides), ranks)  # before any run starts
         extra = [f"--set={o}" for o in args.overrides]
-        rules = [
-            r.strip()
-            for r in (args.rules or ("none" if to_score else "none,linear,sqrt")).split(",")
-            if r.strip()
-        ]
+        # scaling-to-score: the config's own rule unless asked; efficiency: all three
+        own = load(args.config, args.overrides).learner.lr_scaling
+        default_rules = own if to_score else "none,linear,sqrt"
+        rules = [r.strip() for r in (args.rules or default_rules).split(",") if r.strip()]
         if not rules:
             return _fail(f"--rules {args.rules!r}: expected none, linear, sqrt", EXIT_USAGE)
         for rule in rules:  # each one a valid learner.lr_scaling
@@ -310,8 +309,9 @@ def _bench(args: argparse.Namespace) -> int:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             if not modes:
                 return _fail(f"--modes {args.modes!r}: expected rank, global or both", EXIT_USAGE)
-            for mode in modes:  # each one a valid learner.batch_scope
-                cfg = load(args.config, [*args.overrides, f"learner.batch_scope={mode}"])
+            for mode in modes:  # each one a valid learner.batch_scope (global: rule none)
+                scope = [f"learner.batch_scope={mode}", "learner.lr_scaling=none"]
+                cfg = load(args.config, [*args.overrides, *scope])
                 _check_worlds(cfg, ranks)
             if cfg.run.stop_at_return is None:
                 return _fail(

@@ -114,7 +114,8 @@ class LearnerConfig:
     lr: float = _f(1e-3, lo=0.0, hi=1.0, lo_open=True)
     """Adam learning rate at one rank (see lr_scaling)."""
     lr_scaling: str = _f("none", choices=("none", "linear", "sqrt"))
-    """Learning rate at p ranks: lr (none), lr*p (linear), lr*sqrt(p) (sqrt)."""
+    """Learning rate at p ranks with batch_scope rank: lr (none), lr*p (linear),
+    lr*sqrt(p) (sqrt); none with batch_scope global (its batch does not grow)."""
     adam_eps: float = _f(1e-8, lo=0.0, hi=1.0, lo_open=True)
     """Adam epsilon (Atari DQN commonly uses 1.5e-4)."""
     batch_size: int = _f(64, lo=1)
@@ -406,7 +407,8 @@ def validate(cfg: Config) -> None:
     if cfg.learner.batch_scope == "global" and cfg.learner.lr_scaling != "none":
         raise ConfigError(
             f"config field learner.lr_scaling={cfg.learner.lr_scaling}: must be none with "
-            f"learner.batch_scope=global (the global batch does not grow with the ranks)"
+            f"learner.batch_scope=global (the global batch does not grow with the ranks; "
+            f"add --set learner.lr_scaling=none)"
         )
     if cfg.learner.batch_scope == "global" and cfg.run.elastic:
         raise ConfigError(

@@ -128,7 +128,7 @@ def test_an_iteration_takes_the_steps_that_owe_one_compiled_call() -> None:
 
     minatar = load("minatar")  # 4 envs x replay_ratio 0.25: 1 update per step, 4 per call
     assert steps_per_iteration(minatar, 1) == steps_per_iteration(minatar, 8) == 4
-    shared = load("minatar", ["learner.batch_scope=global"])  # p updates per step
+    shared = load("minatar", ["learner.batch_scope=global", "learner.lr_scaling=none"])
     assert [steps_per_iteration(shared, p) for p in (1, 2, 4, 8)] == [4, 2, 1, 1]
     assert steps_per_iteration(load("cartpole"), 1) == 1  # 8 x 0.5 = 4 per step, 4 per call
     # A remainder stays in the update debt: 0.3 per step, 10 per call -> 33 steps.
