@@ -295,12 +295,16 @@ def _bench(args: argparse.Namespace) -> int:
         seeds = _ints("--seeds", args.seeds or default_seeds)
         to_score = args.which == "scaling-to-score"
         ranks = _ints("--ranks", args.ranks or ("1,2" if to_score else "1,2,4"), lo=1)
-        _check_worlds(load(args.config, args.overrides), ranks)  # before any run starts
+        # Before any run starts (each run sets its own rule: none here, checked below).
+        _check_worlds(load(args.config, [*args.overrides, "learner.lr_scaling=none"]), ranks)
         extra = [f"--set={o}" for o in args.overrides]
         # scaling-to-score: the config's own rule unless asked; efficiency: all three
-        own = load(args.config, args.overrides).learner.lr_scaling
-        default_rules = own if to_score else "none,linear,sqrt"
-        rules = [r.strip() for r in (args.rules or default_rules).split(",") if r.strip()]
+        default_rules = "none,linear,sqrt"
+        if to_score:
+            default_rules = load(args.config, args.overrides).learner.lr_scaling
+        rules = list(
+            dict.fromkeys(r.strip() for r in (args.rules or default_rules).split(",") if r.strip())
+        )
         if not rules:
             return _fail(f"--rules {args.rules!r}: expected none, linear, sqrt", EXIT_USAGE)
         for rule in rules:  # each one a valid learner.lr_scaling

@@ -532,7 +532,7 @@ def steps_per_iteration(cfg: Config, world_size: int) -> int:
     that every rank waits for, so the loop pays it once per call rather than once per
     vector step (MinAtar: 1 update per step, 4 per call: a quarter of the votes)."""
     per_step = updates_per_step(cfg.learner, cfg.env.num_envs, world_size)
-    return max(1, int(cfg.learner.updates_per_call // per_step))
+    return max(1, math.floor(cfg.learner.updates_per_call / per_step + 1e-9))
 
 
 def with_overrides(cfg: Config, **sections: Mapping[str, Any]) -> Config:

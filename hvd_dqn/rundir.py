@@ -57,7 +57,8 @@ def inspect(out: Path, cfg: Config) -> str:
         raise ConfigError(
             f"run directory {out} holds a run with another config (changed: "
             f"{', '.join(changed)}); only {', '.join(f for f in RESUMABLE if f != 'run.run_dir')} "
-            f"may change. Use another --run-dir"
+            f"may change. Use another --run-dir, or continue it as it was with --config "
+            f"{saved}"
         )
     summary = read_summary(out)
     if summary is not None and (

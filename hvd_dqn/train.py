@@ -129,7 +129,6 @@ class Trainer:
         s, cfg = self.state, self.cfg
         self.interrupts.running()  # a signal during start-up waited for the first vote
         while s.env_steps < cfg.run.total_steps and s.solved_at is None:
-            self.interrupts.beat()
             eps = self.act()
             finite = self.learn()
             reached = finite and self.maybe_evaluate()
@@ -149,6 +148,7 @@ class Trainer:
         last epsilon."""
         s, per_step = self.state, self.cfg.env.num_envs * self.world.size
         for _ in range(self.steps):
+            self.interrupts.beat()  # (many steps between votes are still progress)
             eps = self.epsilon()
             s.window.record_episodes(*s.actor.step(s.learner.greedy_actions, eps, s.replay))
             s.env_steps += per_step

@@ -134,6 +134,8 @@ def test_an_iteration_takes_the_steps_that_owe_one_compiled_call() -> None:
     # A remainder stays in the update debt: 0.3 per step, 10 per call -> 33 steps.
     odd = load("minatar", ["learner.replay_ratio=0.075", "learner.updates_per_call=10"])
     assert steps_per_iteration(odd, 1) == 33
+    # 4 // 0.4 is 9.0 in floating point; 0.4 updates per step owe 4 in 10 steps.
+    assert steps_per_iteration(load("minatar", ["learner.replay_ratio=0.1"]), 1) == 10
 
 
 def test_global_batch_shares_and_update_rates() -> None:

@@ -91,7 +91,7 @@ def test_single_process_cartpole_run_and_evaluate(tmp_path: Path) -> None:
     )
     assert (  # every field that may change, as config.RESUMABLE has them
         "; only run.total_steps, run.progress, run.max_wall_time, run.stall_timeout, "
-        "run.keep_checkpoints, run.elastic, run.commit_every may change. Use another --run-dir"
+        "run.keep_checkpoints, run.elastic, run.commit_every may change. Use another --run-dir, or continue it as it was with --config "
     ) in proc.stderr
     assert (run / "metrics.jsonl").read_text() == before
 
