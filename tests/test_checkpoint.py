@@ -141,10 +141,13 @@ def _learner(run: Path, step: int) -> dict[str, np.ndarray]:
 def test_a_run_killed_with_sigkill_resumes_bit_identical(tmp_path: Path, np_: int) -> None:
     steps = 8000
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    proc = launch(_train_args(whole, steps), np=np_)
+    # 2 ranks: 8 updates per call, 4 owed per vector step, so each loop iteration holds 2
+    # vector steps (config.steps_per_iteration) and the resume must be exact across them.
+    per_call = [] if np_ == 1 else ["--set=learner.updates_per_call=8"]
+    proc = launch([*_train_args(whole, steps), *per_call], np=np_)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]  # type: ignore[union-attr]
 
-    proc = launch(_train_args(cut, steps), np=np_)
+    proc = launch([*_train_args(cut, steps), *per_call], np=np_)
     try:
         wait_for(lambda: 4000 in checkpoints(cut), proc)
         ranks = rank_pids(cut)
@@ -161,7 +164,7 @@ def test_a_run_killed_with_sigkill_resumes_bit_identical(tmp_path: Path, np_: in
     done = checkpoints(cut)[-1]
     assert 4000 <= done < steps  # it did stop mid-run
 
-    proc = launch(_train_args(cut, steps), np=np_)  # the same command
+    proc = launch([*_train_args(cut, steps), *per_call], np=np_)  # the same command
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert f"continuing {cut} from env step {done}" in out
