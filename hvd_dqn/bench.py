@@ -483,6 +483,12 @@ def _efficiency_row(ranks: int, rule: str, runs: list[dict[str, Any]]) -> dict[s
     }
 
 
+def efficiency_cases(ranks: Sequence[int], rules: Sequence[str]) -> list[tuple[int, str]]:
+    """The (ranks, rule) runs of `bench efficiency`, in order: one rank once (every rule
+    is the same run there, under the first rule's name), more ranks once per rule."""
+    return [(p, rule) for p in ranks for rule in (rules if p > 1 else rules[:1])]
+
+
 def bench_efficiency(
     json_path: str | None,
     ranks: Sequence[int] = (1, 2, 4),
@@ -504,7 +510,7 @@ def bench_efficiency(
     oversubscribe the machine: this measures samples, not speed.
     """
     every = total_steps // evals
-    cases = [(p, rule) for p in ranks for rule in (rules if p > 1 else rules[:1])]
+    cases = efficiency_cases(ranks, rules)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for p, rule in cases:
@@ -606,6 +612,21 @@ def _to_score_row(ranks: int, mode: str, runs: list[dict], base: dict | None) ->
     return row
 
 
+def to_score_cases(
+    ranks: Sequence[int], modes: Sequence[str], rules: Sequence[str]
+) -> list[tuple[int, str]]:
+    """The (ranks, mode) runs of `bench scaling-to-score`, in order: one process first
+    (the baseline of the speedups) and once, under the first mode's name; more ranks
+    once per mode, the rank scope once per learning-rate rule ("rank+sqrt"; "rank" for
+    none), the global scope without one."""
+    variants = [
+        mode if rule == "none" else f"{mode}+{rule}"
+        for mode in modes
+        for rule in (rules if mode == "rank" else ("none",))
+    ]
+    return [(p, mode) for p in sorted(set(ranks)) for mode in (variants if p > 1 else modes[:1])]
+
+
 def bench_scaling_to_score(
     json_path: str | None,
     ranks: Sequence[int] = (1, 2),
@@ -626,13 +647,7 @@ def bench_scaling_to_score(
     oversubscribed: its env steps to the score are real, its time is projected from
     the per-rank env steps/s of the largest world that had a core per rank (labelled).
     """
-    ranks = sorted(set(ranks))  # one process first, when asked: the baseline of speedups
-    variants = [
-        mode if rule == "none" else f"{mode}+{rule}"
-        for mode in modes
-        for rule in (rules if mode == "rank" else ("none",))
-    ]
-    cases = [(p, mode) for p in ranks for mode in (variants if p > 1 else modes[:1])]
+    cases = to_score_cases(ranks, modes, rules)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for p, mode in cases:

@@ -117,7 +117,11 @@ class LearnerConfig:
     """Learning rate at p ranks with batch_scope rank: lr (none), lr*p (linear),
     lr*sqrt(p) (sqrt); none with batch_scope global (its batch does not grow)."""
     adam_eps: float = _f(1e-8, lo=0.0, hi=1.0, lo_open=True)
-    """Adam epsilon (Atari DQN commonly uses 1.5e-4)."""
+    """Adam epsilon at one rank (Atari DQN commonly uses 1.5e-4; see adam_eps_scaling)."""
+    adam_eps_scaling: str = _f("none", choices=("none", "inverse"))
+    """Adam epsilon at p ranks with batch_scope rank: adam_eps (none) or adam_eps / p
+    (inverse: Stooke & Abbeel 2018 set it to 0.01 / B for the global batch B, which is
+    batch_size * p); none with batch_scope global (its batch does not grow)."""
     batch_size: int = _f(64, lo=1)
     """Transitions per update: per rank, or for all ranks together (batch_scope)."""
     batch_scope: str = _f("rank", choices=("rank", "global"))
@@ -404,12 +408,14 @@ def validate(cfg: Config) -> None:
             f"config field run.run_dir={shorten(cfg.run.run_dir)!r}: too long (a path may "
             f"have {PATH_MAX - 1} bytes, each name in it {NAME_MAX})"
         )
-    if cfg.learner.batch_scope == "global" and cfg.learner.lr_scaling != "none":
-        raise ConfigError(
-            f"config field learner.lr_scaling={cfg.learner.lr_scaling}: must be none with "
-            f"learner.batch_scope=global (the global batch does not grow with the ranks; "
-            f"add --set learner.lr_scaling=none)"
-        )
+    for rule in ("lr_scaling", "adam_eps_scaling"):
+        value = getattr(cfg.learner, rule)
+        if cfg.learner.batch_scope == "global" and value != "none":
+            raise ConfigError(
+                f"config field learner.{rule}={value}: must be none with "
+                f"learner.batch_scope=global (the global batch does not grow with the ranks; "
+                f"add --set learner.{rule}=none)"
+            )
     if cfg.learner.batch_scope == "global" and cfg.run.elastic:
         raise ConfigError(
             "config field learner.batch_scope=global: not supported with run.elastic "
@@ -481,6 +487,15 @@ def scaled_lr(cfg: LearnerConfig, world_size: int) -> float:
     """
     factor = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}
     return cfg.lr * factor[cfg.lr_scaling]
+
+
+def scaled_eps(cfg: LearnerConfig, world_size: int) -> float:
+    """Adam's epsilon at p ranks: adam_eps, or adam_eps / p (adam_eps_scaling inverse).
+
+    Adam's step is lr * m / (sqrt(v) + eps). A p-times larger batch shrinks the gradient's
+    noise, and with it sqrt(v), by about sqrt(p); epsilon scaled as 1 / B (Stooke &
+    Abbeel's 0.01 / B) keeps it from damping the step more than it did at one rank."""
+    return cfg.adam_eps / (world_size if cfg.adam_eps_scaling == "inverse" else 1)
 
 
 def rank_batch(cfg: LearnerConfig, world_size: int) -> int:

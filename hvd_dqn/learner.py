@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from hvd_dqn.config import LearnerConfig, NetworkConfig, scaled_lr
+from hvd_dqn.config import LearnerConfig, NetworkConfig, scaled_eps, scaled_lr
 from hvd_dqn.dqn import double_q_target, huber, polyak
 from hvd_dqn.networks import QNetwork
 from hvd_dqn.replay import Batch
@@ -51,10 +51,11 @@ class Adam(tf.Module):
         beta2: float = 0.999,
     ) -> None:
         super().__init__(name="adam")
-        # A variable, not a constant of the compiled update: an elastic run rescales it
-        # when the world size changes (lr_scaling).
+        # Variables, not constants of the compiled update: an elastic run rescales them
+        # when the world size changes (lr_scaling, adam_eps_scaling).
         self.lr = tf.Variable(lr, dtype=tf.float32, trainable=False, name="lr")
-        self.eps, self.beta1, self.beta2 = eps, beta1, beta2
+        self.eps = tf.Variable(eps, dtype=tf.float32, trainable=False, name="eps")
+        self.beta1, self.beta2 = beta1, beta2
         self.shapes = [v.shape for v in variables]
         self.sizes = [int(np.prod(shape)) for shape in self.shapes]
         total = sum(self.sizes)
@@ -122,7 +123,9 @@ class Learner(tf.Module):
         # Same seed on every rank: identical initial weights before any broadcast.
         self.online = QNetwork(obs_shape, num_actions, net, seed, name="online")
         self.target = QNetwork(obs_shape, num_actions, net, seed, name="target")
-        self.optimizer = Adam(self.online.weights, scaled_lr(cfg, world_size), eps=cfg.adam_eps)
+        self.optimizer = Adam(
+            self.online.weights, scaled_lr(cfg, world_size), eps=scaled_eps(cfg, world_size)
+        )
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
         # This rank's weight in the gradient mean: 0 while an elastic rank that joined
         # fills its replay (read by the compiled update, so it is never baked in).
@@ -146,8 +149,10 @@ class Learner(tf.Module):
         return h.hexdigest()
 
     def set_world_size(self, world_size: int) -> None:
-        """Rescale the learning rate for a new world size (lr_scaling)."""
+        """Rescale the learning rate and epsilon for a new world size (lr_scaling,
+        adam_eps_scaling)."""
         self.optimizer.lr.assign(scaled_lr(self.cfg, world_size))
+        self.optimizer.eps.assign(scaled_eps(self.cfg, world_size))
 
     @property
     def state(self) -> list[tf.Variable]:

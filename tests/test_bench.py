@@ -14,17 +14,14 @@ from conftest import hvd_dqn
 @pytest.mark.distributed
 def test_efficiency_runs_every_world_size_and_rule_at_equal_env_steps(tmp_path: Path) -> None:
     out = tmp_path / "eff.json"
-    args = ["bench", "efficiency", "--ranks", "1,2", "--rules", "none,linear", "--seeds", "0"]
+    # One rule: which runs a list of rules makes is test_the_benches_plan_one_run_per_case.
+    args = ["bench", "efficiency", "--ranks", "1,2", "--rules", "linear", "--seeds", "0"]
     sets = ["--set", "run.eval_episodes=2", "--set", "learner.learning_starts=500"]
     proc = hvd_dqn([*args, "--total-steps", "2000", *sets, "--json", str(out)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    # One rank: one run for every rule (they are the same); two ranks: one per rule.
-    assert [(r["ranks"], r["rule"]) for r in result["rows"]] == [
-        (1, "(any)"),
-        (2, "none"),
-        (2, "linear"),
-    ]
+    assert [(r["ranks"], r["rule"]) for r in result["rows"]] == [(1, "(any)"), (2, "linear")]
+    assert [(r["ranks"], r["rule"]) for r in result["runs"]] == [(1, "linear"), (2, "linear")]
     for run in result["runs"]:  # 5 evaluations, the last at the full budget
         steps = [s for s, _ in run["evals"]]
         assert len(steps) == 5 and steps[-1] == 2000, run
@@ -44,7 +41,7 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
 ) -> None:
     out = tmp_path / "to-score.json"
     args = ["bench", "scaling-to-score", "--config", "cartpole", "--ranks", "1,2", "--seeds", "0"]
-    args += ["--rules", "none,sqrt"]  # the rank scope once per rule; global takes none
+    args += ["--rules", "sqrt"]  # the rank scope with it; global takes none
     # A score CartPole cannot reach (its episodes end at 500): every run takes the budget.
     sets = ["run.total_steps=2000", "run.stop_at_return=1000", "run.eval_every=1000"]
     sets += ["run.eval_episodes=2", "learner.learning_starts=500"]
@@ -53,7 +50,6 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
     result = json.loads(out.read_text())
     assert [(r["ranks"], r["mode"]) for r in result["rows"]] == [
         (1, "(any)"),
-        (2, "rank"),
         (2, "rank+sqrt"),
         (2, "global"),
     ]
@@ -67,6 +63,24 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
     assert "time_vs_1" in proc.stdout
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_benches_plan_one_run_per_case() -> None:
+    """One rank runs once whatever the rules (the same run); more ranks once per rule, and
+    scaling-to-score's global scope once, without a rule. (The real runs above take one
+    rule each; these lists are what they iterate.)"""
+    from hvd_dqn.bench import efficiency_cases, to_score_cases
+
+    assert efficiency_cases([1, 2, 4], ["none", "linear"]) == [
+        (1, "none"), (2, "none"), (2, "linear"), (4, "none"), (4, "linear"),
+    ]  # fmt: skip
+    assert to_score_cases([2, 1, 2], ["rank", "global"], ["none", "sqrt"]) == [
+        (1, "rank"), (2, "rank"), (2, "rank+sqrt"), (2, "global"),
+    ]  # fmt: skip
+    assert to_score_cases([4], ["global", "rank"], ["linear"]) == [
+        (4, "global"),
+        (4, "rank+linear"),
+    ]
 
 
 def test_a_world_larger_than_the_cores_gets_a_projected_time_from_the_measured_rate() -> None:
@@ -87,6 +101,7 @@ def test_a_world_larger_than_the_cores_gets_a_projected_time_from_the_measured_r
 
 
 @pytest.mark.slow
+@pytest.mark.timed  # SIGTERM 0.5 s after the process appears
 def test_faults_bench_stops_at_start_up_and_refuses_a_second_job(tmp_path: Path) -> None:
     """`bench faults`' start-up and two-jobs trials, one process: SIGTERM 0.5 s after the
     process appears exits 75 (before this was handled: 143); a second job on a run

@@ -135,6 +135,7 @@ def _learner(run: Path, step: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
+@pytest.mark.timed  # the job ends within 10 s of a rank's death
 @pytest.mark.distributed
 @pytest.mark.compat
 @pytest.mark.parametrize("np_", [1, 2], ids=["1rank", "2ranks"])

@@ -13,6 +13,7 @@ from hvd_dqn.config import (
     LearnerConfig,
     changed_fields,
     load,
+    scaled_eps,
     scaled_lr,
     to_yaml,
 )
@@ -123,6 +124,12 @@ def test_learning_rate_scaling_rules() -> None:
     assert scaled_lr(LearnerConfig(lr=1e-3, lr_scaling="sqrt"), 4) == pytest.approx(2e-3)
 
 
+def test_adam_epsilon_scaling_rules() -> None:
+    assert scaled_eps(LearnerConfig(adam_eps=3.2e-4), 8) == 3.2e-4
+    inverse = LearnerConfig(adam_eps=3.2e-4, adam_eps_scaling="inverse")
+    assert (scaled_eps(inverse, 1), scaled_eps(inverse, 8)) == (3.2e-4, pytest.approx(4e-5))
+
+
 def test_an_iteration_takes_the_steps_that_owe_one_compiled_call() -> None:
     from hvd_dqn.config import steps_per_iteration
 
@@ -167,5 +174,10 @@ def test_global_batch_shares_and_update_rates() -> None:
         match=r"learner\.lr_scaling=sqrt: must be none with learner\.batch_scope=global",
     ):
         load("cartpole", ["learner.batch_scope=global", "learner.lr_scaling=sqrt"])
+    with pytest.raises(
+        ConfigError,
+        match=r"learner\.adam_eps_scaling=inverse: must be none with learner\.batch_scope=global",
+    ):
+        load("cartpole", ["learner.batch_scope=global", "learner.adam_eps_scaling=inverse"])
     with pytest.raises(ConfigError, match=r"batch_scope=global: not supported with run\.elastic"):
         load("cartpole", ["learner.batch_scope=global", "run.elastic=true"])

@@ -65,6 +65,30 @@ def test_target_network_syncs_every_period_and_fused_updates_count() -> None:
     assert not same()
 
 
+def test_the_rules_set_lr_and_epsilon_for_the_world_and_epsilon_enters_the_step() -> None:
+    cfg = LearnerConfig(lr=1e-3, lr_scaling="linear", adam_eps=0.4, adam_eps_scaling="inverse")
+    net = NetworkConfig(hidden=(8, 8))
+    learner = Learner((4,), np.float32, 2, net, cfg, seed=0, world_size=4)
+    lr_eps = (learner.optimizer.lr.numpy(), learner.optimizer.eps.numpy())
+    np.testing.assert_allclose(lr_eps, [4e-3, 0.1], rtol=1e-6)
+    learner.set_world_size(2)  # an elastic reset: read by the compiled update, not baked in
+    np.testing.assert_allclose(learner.optimizer.eps.numpy(), 0.2, rtol=1e-6)
+    steps = []
+    for eps in (0.2, 1e-8):  # the same batch from the same weights: a larger eps, a smaller step
+        fresh = Learner((4,), np.float32, 2, net, LearnerConfig(lr=1e-3), seed=0)
+        fresh.update([_batch(8)])  # traced with eps 1e-8 ...
+        fresh.optimizer.eps.assign(eps)  # ... and run with this one
+        before = [w.numpy() for w in fresh.online.weights]
+        fresh.update([_batch(8, 1)])
+        steps.append(
+            sum(
+                np.abs(w.numpy() - b).sum()
+                for w, b in zip(fresh.online.weights, before, strict=True)
+            )
+        )
+    assert steps[0] < 0.5 * steps[1], steps
+
+
 def test_one_update_lowers_the_loss_on_its_batch() -> None:
     cfg = LearnerConfig(lr=1e-2, target_update_period=1000)
     learner = Learner((4,), np.float32, 2, NetworkConfig(hidden=(16, 16)), cfg, seed=0)

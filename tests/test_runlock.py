@@ -21,6 +21,9 @@ from conftest import ROOT, WORKERS, quiet_env
 from hvd_dqn import runlock
 from hvd_dqn.config import ConfigError
 
+# Leases renewed every fraction of a second and judged stale after seconds: one at a time.
+pytestmark = pytest.mark.timed
+
 
 def _start(run: Path) -> subprocess.Popen[str]:
     """A real process that holds `run` until its stdin closes (workers/hold_run_dir.py)."""
