@@ -492,9 +492,9 @@ def scaled_lr(cfg: LearnerConfig, world_size: int) -> float:
 def scaled_eps(cfg: LearnerConfig, world_size: int) -> float:
     """Adam's epsilon at p ranks: adam_eps, or adam_eps / p (adam_eps_scaling inverse).
 
-    Adam's step is lr * m / (sqrt(v) + eps). A p-times larger batch shrinks the gradient's
-    noise, and with it sqrt(v), by about sqrt(p); epsilon scaled as 1 / B (Stooke &
-    Abbeel's 0.01 / B) keeps it from damping the step more than it did at one rank."""
+    Adam's step is lr * m / (sqrt(v) + eps). A p-times larger batch has up to sqrt(p)
+    times less gradient noise, so sqrt(v) is smaller and a fixed epsilon damps the step
+    more than it did at one rank; Stooke & Abbeel (2018) set epsilon to 0.01 / B."""
     return cfg.adam_eps / (world_size if cfg.adam_eps_scaling == "inverse" else 1)
 
 
