@@ -55,19 +55,21 @@ lint: setup $(TOOLS)
 typecheck: setup
 	$(BIN)/mypy hvd_dqn
 
-# Two phases: the tests that start no daemon and bound no time, 2 at once (pytest-xdist;
-# most of a test is process start-up and waiting), then the cluster and `timed` ones one at
-# a time. A phase that PYTEST_ARGS leaves empty is not a failure (pytest's exit 5).
+# Two phases: the tests that are neither `cluster` (SLURM, hosts, elastic) nor `timed`, 2 at
+# once (pytest-xdist; most of a test is process start-up and waiting; an xdist_group runs on
+# one worker), then the `cluster` and `timed` ones one at a time. A phase that PYTEST_ARGS leaves empty is not a failure (pytest's exit 5).
 # JUNIT=1 writes each phase's results to .pytest-<phase>.xml (.ci/run sums them by file).
 junit = $(if $(JUNIT),--junitxml=.pytest-$(1).xml)
 test: lint typecheck
-	$(BIN)/pytest -q -ra -n 2 -m "not cluster and not timed" --durations=15 \
+	$(BIN)/pytest -q -ra -n 2 --dist loadgroup -m "not cluster and not timed" --durations=15 \
 		$(call junit,parallel) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/pytest -q -ra -m "cluster or timed" --durations=15 \
 		$(call junit,serial) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: lint typecheck
-	$(BIN)/pytest -q -ra -n 2 -m "not cluster and not slow" --durations=10
+	$(BIN)/pytest -q -ra -n 2 --dist loadgroup -m "not cluster and not slow and not timed" \
+		--durations=10
+	$(BIN)/pytest -q -ra -m "timed and not cluster and not slow" --durations=5
 
 # The older stack: TensorFlow 2.15.1 (Keras 2) in its own venv, and the tests marked
 # `compat` there: what differs on Keras 2 (collectives, the learner, a checkpoint's round

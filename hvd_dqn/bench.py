@@ -550,12 +550,14 @@ def _pinned(ranks: int, cmd: list[str]) -> tuple[list[str], bool]:
 def _to_score_run(ranks: int, mode: str, seed: int, run: Path, args: list[str]) -> dict:
     """One run to the preset's score: p ranks on p cores, one TensorFlow thread each.
     `mode` is a batch scope, with its learning-rate rule after a + (rank+sqrt; none
-    without one), which override the config's."""
+    without one), which override the config's; the global scope scales no epsilon either
+    (its batch does not grow)."""
     scope, _, rule = mode.partition("+")
     train = [
         str(BIN / "hvd-dqn"), "train", "--run-dir", str(run), "--no-progress",
         "--seed", str(seed), "--set=run.threads=1", *args,
         f"--set=learner.batch_scope={scope}", f"--set=learner.lr_scaling={rule or 'none'}",
+        *(["--set=learner.adam_eps_scaling=none"] if scope == "global" else []),
     ]  # fmt: skip
     launcher = [str(BIN / "horovodrun"), "-np", str(ranks)] if ranks > 1 else []
     cmd, pinned = _pinned(ranks, [*launcher, *train])
@@ -571,6 +573,7 @@ def _to_score_run(ranks: int, mode: str, seed: int, run: Path, args: list[str]) 
         "mode": mode,
         "batch_scope": ran.batch_scope,
         "lr_scaling": ran.lr_scaling,
+        "adam_eps_scaling": ran.adam_eps_scaling,
         "seed": seed,
         "pinned": pinned,
         "solved": summary["solved_at_env_steps"] is not None,

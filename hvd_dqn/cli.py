@@ -313,8 +313,9 @@ def _bench(args: argparse.Namespace) -> int:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             if not modes:
                 return _fail(f"--modes {args.modes!r}: expected rank, global or both", EXIT_USAGE)
-            for mode in modes:  # each one a valid learner.batch_scope (global: rule none)
+            for mode in modes:  # each one a valid learner.batch_scope (global: rules none)
                 scope = [f"learner.batch_scope={mode}", "learner.lr_scaling=none"]
+                scope += ["learner.adam_eps_scaling=none"] if mode == "global" else []
                 cfg = load(args.config, [*args.overrides, *scope])
                 _check_worlds(cfg, ranks)
             if cfg.run.stop_at_return is None:

@@ -84,8 +84,8 @@ class Elastic:
 
     def _rejoin(self, trainer: Trainer) -> dict[str, Any] | None:
         """At the job's first entry (no rank has begun) the run begins; a worker that
-        joins later skips that. The world, the learning rate and rank 0's log follow the
-        new world."""
+        joins later skips that. The world, the learning rate, Adam's epsilon and rank 0's
+        log follow the new world."""
         world = trainer.join_world()
         seen = distributed.allgather_object(
             {

@@ -367,8 +367,8 @@ class Trainer:
         distributed.run_collectively(self._open_log, f"opening the log in {self.out}")
 
     def join_world(self) -> World:
-        """Elastic: the world as Horovod re-formed it; the learning rate and the stop
-        flags follow it."""
+        """Elastic: the world as Horovod re-formed it; the learning rate, Adam's epsilon
+        and the stop flags follow it."""
         self.world = distributed.current_world(self.world)
         self.state.learner.set_world_size(self.world.size)
         run = self.cfg.run

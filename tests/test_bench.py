@@ -45,6 +45,7 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
     # A score CartPole cannot reach (its episodes end at 500): every run takes the budget.
     sets = ["run.total_steps=2000", "run.stop_at_return=1000", "run.eval_every=1000"]
     sets += ["run.eval_episodes=2", "learner.learning_starts=500"]
+    sets += ["learner.adam_eps_scaling=inverse"]  # the rank scope's; global runs without it
     proc = hvd_dqn([*args, *(f"--set={s}" for s in sets), "--json", str(out)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -56,6 +57,7 @@ def test_scaling_to_score_runs_each_world_and_batch_scope_on_a_core_per_rank(
     for run in result["runs"]:  # a core per rank here (2 cores), the whole budget, 2 evals
         scope, _, rule = run["mode"].partition("+")
         assert (run["batch_scope"], run["lr_scaling"]) == (scope, rule or "none"), run
+        assert run["adam_eps_scaling"] == ("none" if scope == "global" else "inverse"), run
         assert run["pinned"] and not run["solved"] and run["env_steps"] == 2000, run
         (first, _, _), (last, _, _) = run["evals"]  # at the iteration reaching 1000, at the end
         assert 1000 <= first < 1000 + 16 and last == 2000, run

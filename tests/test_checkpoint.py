@@ -210,6 +210,7 @@ def test_damaged_checkpoints_are_skipped_for_the_newest_intact_one(tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.timed  # each signalled rank must reach the next vote within SIGNAL_GRACE
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("config", "extra"),

@@ -29,6 +29,8 @@ from conftest import BIN, mpirun, quiet_env, train_args
 from hvd_dqn import checkpoint
 
 GOLDEN = Path(__file__).parent / "golden" / "cartpole-8000.json"
+# Recording (HVD_DQN_RECORD_GOLDEN) rewrites GOLDEN from each case: one worker, in turn.
+pytestmark = pytest.mark.xdist_group("golden")
 TIMING = {"wall_seconds", "env_steps_per_s", "updates_per_s", "ms_per_update", "allreduce_share"}
 SETS = (
     "run.deterministic=true",

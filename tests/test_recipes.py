@@ -24,6 +24,10 @@ import yaml
 from conftest import ROOT
 
 DOCKER = ROOT / "docker"
+# One worker runs all of these in turn when tests run 2 at once (make test): the pods are
+# PID namespaces whose first processes (an mpirun, an sshd) get the same pids in each, and
+# would share Open MPI's /tmp/ompi.<host>.<uid>/pid.<n> session directory.
+pytestmark = pytest.mark.xdist_group("pid-namespaces")
 
 
 def batch_errors(params: dict) -> str:
