@@ -3,8 +3,8 @@
 #   make test    set up what is missing (SLURM, sshd, podman, shellcheck too), then lint,
 #                type-check and run the tests (each phase's 15 slowest listed after it)
 #   make test-fast  lint, type check and every test that starts no daemon and no
-#                multi-process run of over ~10 s (`-m "not cluster and not slow"`, 2 at
-#                once), about 3 minutes: the inner loop while editing
+#                multi-process run of over ~10 s (`-m "not cluster and not slow"`: 2 at
+#                once, then the `timed` ones alone), about 3 minutes: the inner loop
 #   make image   build the CPU image (podman, or docker with a daemon); make image-test
 #                runs doctor and a 2-rank training inside it
 # The first set-up compiles Horovod from source (about 5-8 minutes on 2 cores).
@@ -57,7 +57,8 @@ typecheck: setup
 
 # Two phases: the tests that are neither `cluster` (SLURM, hosts, elastic) nor `timed`, 2 at
 # once (pytest-xdist; most of a test is process start-up and waiting; an xdist_group runs on
-# one worker), then the `cluster` and `timed` ones one at a time. A phase that PYTEST_ARGS leaves empty is not a failure (pytest's exit 5).
+# one worker), then the `cluster` and `timed` ones one at a time. A phase that PYTEST_ARGS
+# leaves empty is not a failure (pytest's exit 5).
 # JUNIT=1 writes each phase's results to .pytest-<phase>.xml (.ci/run sums them by file).
 junit = $(if $(JUNIT),--junitxml=.pytest-$(1).xml)
 test: lint typecheck

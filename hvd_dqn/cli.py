@@ -274,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+# What the global batch scope requires (it does not grow with the ranks): no learning-rate
+# or epsilon rule. The rules themselves are checked against the config's own scope.
+NO_BATCH_RULES = ("learner.lr_scaling=none", "learner.adam_eps_scaling=none")
+
+
 def _bench(args: argparse.Namespace) -> int:
     from hvd_dqn import bench
 
@@ -313,10 +318,9 @@ def _bench(args: argparse.Namespace) -> int:
             modes = [m.strip() for m in args.modes.split(",") if m.strip()]
             if not modes:
                 return _fail(f"--modes {args.modes!r}: expected rank, global or both", EXIT_USAGE)
-            for mode in modes:  # each one a valid learner.batch_scope (global: rules none)
-                scope = [f"learner.batch_scope={mode}", "learner.lr_scaling=none"]
-                scope += ["learner.adam_eps_scaling=none"] if mode == "global" else []
-                cfg = load(args.config, [*args.overrides, *scope])
+            for mode in modes:  # each one a valid learner.batch_scope (the rules: above)
+                scope = f"learner.batch_scope={mode}"
+                cfg = load(args.config, [*args.overrides, scope, *NO_BATCH_RULES])
                 _check_worlds(cfg, ranks)
             if cfg.run.stop_at_return is None:
                 return _fail(
